@@ -1,0 +1,17 @@
+"""tickets: finding lottery tickets (Frankle & Carbin 2019).
+
+Model zoo (:mod:`tickets.models`), offline datasets (:mod:`tickets.data`), a deterministic,
+mask-aware training loop (:mod:`tickets.train`), and checkpoint I/O (:mod:`tickets.store`).
+"""
+
+__version__ = "0.1.0"
+
+from tickets.data import DataSplits, dataset_names, load_dataset  # noqa: E402
+from tickets.errors import TicketsError  # noqa: E402
+from tickets.models import build_model, model_names  # noqa: E402
+from tickets.store import load_checkpoint, save_checkpoint  # noqa: E402
+from tickets.train import TrainConfig, TrainResult, default_config, evaluate, train  # noqa: E402
+
+__all__ = ["DataSplits", "dataset_names", "load_dataset", "TicketsError", "build_model",
+           "model_names", "load_checkpoint", "save_checkpoint", "TrainConfig", "TrainResult",
+           "default_config", "evaluate", "train", "__version__"]
