@@ -19,3 +19,19 @@ class TraceError(SpecError):
 
 class MismatchError(GaugeError):
     """Two parameter dicts (or masks) do not describe the same architecture."""
+
+
+class FlatnessError(GaugeError):
+    """A flatness measure (Hessian, sharpness, landscape) cannot be computed as asked."""
+
+
+class NonFiniteLossError(FlatnessError):
+    """The loss (or its gradient) at the checkpoint is NaN/inf: curvature is undefined there."""
+
+
+class EmptyParamsError(FlatnessError):
+    """The mask and/or param_filter leave no parameter to measure flatness in."""
+
+
+class FlatnessOptionError(FlatnessError, ValueError):
+    """An option is out of range (k larger than the parameter count, rho <= 0, ...)."""

@@ -58,12 +58,12 @@ def cache_dir() -> Path:
 def _splits(name, x_train, y_train, x_test, y_test, num_classes, mean, std) -> DataSplits:
     """Standardise with fixed (mean, std) and wrap into TensorDatasets."""
     def to_x(a):
-        return ((torch.as_tensor(np.asarray(a), dtype=torch.float32) - torch.as_tensor(mean))
+        return ((torch.tensor(np.asarray(a), dtype=torch.float32) - torch.as_tensor(mean))
                 / torch.as_tensor(std)).contiguous()
 
     xtr, xte = to_x(x_train), to_x(x_test)
-    ytr = torch.as_tensor(np.asarray(y_train), dtype=torch.int64)
-    yte = torch.as_tensor(np.asarray(y_test), dtype=torch.int64)
+    ytr = torch.tensor(np.asarray(y_train), dtype=torch.int64)
+    yte = torch.tensor(np.asarray(y_test), dtype=torch.int64)
     return DataSplits(name=name, train=TensorDataset(xtr, ytr), test=TensorDataset(xte, yte),
                       num_classes=num_classes, input_shape=tuple(xtr.shape[1:]))
 

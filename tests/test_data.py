@@ -1,0 +1,148 @@
+"""Offline dataset loaders, tested on tiny files written here in the real formats."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from tickets.data import (DataSplits, dataset_names, load_dataset, read_cifar_batch, read_idx)
+from tickets.errors import DataError
+
+
+def write_idx(path, array: np.ndarray, compress=False):
+    codes = {np.uint8: 0x08}
+    header = bytes([0, 0, codes[array.dtype.type], array.ndim]) + struct.pack(
+        ">" + "I" * array.ndim, *array.shape)
+    data = header + array.tobytes()
+    if compress:
+        data = gzip.compress(data)
+    path.write_bytes(data)
+
+
+def make_mnist(root, n_train=12, n_test=6, compress=False, sub=""):
+    rng = np.random.default_rng(0)
+    base = root / sub
+    base.mkdir(parents=True, exist_ok=True)
+    ext = ".gz" if compress else ""
+    write_idx(base / f"train-images-idx3-ubyte{ext}",
+              rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8), compress)
+    write_idx(base / f"train-labels-idx1-ubyte{ext}",
+              rng.integers(0, 10, n_train, dtype=np.uint8), compress)
+    write_idx(base / f"t10k-images-idx3-ubyte{ext}",
+              rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8), compress)
+    write_idx(base / f"t10k-labels-idx1-ubyte{ext}",
+              rng.integers(0, 10, n_test, dtype=np.uint8), compress)
+
+
+def make_cifar(root, n=4):
+    rng = np.random.default_rng(0)
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"batch_label": name.encode(), b"labels": rng.integers(0, 10, n).tolist(),
+                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"filenames": [f"{i}.png".encode() for i in range(n)]}
+        with open(base / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+
+
+def test_names():
+    assert set(dataset_names()) == {"mnist1d", "digits", "mnist", "fashion_mnist", "cifar10"}
+
+
+def test_mnist1d_shapes_and_standardised(mnist1d):
+    assert isinstance(mnist1d, DataSplits)
+    x, y = mnist1d.train.tensors
+    assert x.shape == (4000, 40) and y.shape == (4000,) and len(mnist1d.test) == 1000
+    assert mnist1d.input_shape == (40,) and mnist1d.num_classes == 10
+    assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1) < 1e-2
+    assert x.dtype == torch.float32 and y.dtype == torch.int64
+
+
+def test_mnist1d_cached_atomically(mnist1d, tmp_path, monkeypatch):
+    from tickets.data import cache_dir
+    files = list(cache_dir().glob("mnist1d-*.npz"))
+    assert len(files) == 1 and not list(cache_dir().glob("*.tmp"))
+    again = load_dataset("mnist1d")
+    assert torch.equal(again.train.tensors[0], mnist1d.train.tensors[0])
+    # a corrupt cache file is regenerated, not trusted
+    files[0].write_bytes(b"garbage")
+    assert torch.equal(load_dataset("mnist1d").test.tensors[0], mnist1d.test.tensors[0])
+
+
+def test_digits_stratified_split_by_seed():
+    pytest.importorskip("sklearn")
+    a, b, c = (load_dataset("digits", seed=s) for s in (0, 0, 1))
+    assert a.input_shape == (1, 8, 8) and len(a.train) + len(a.test) == 1797
+    assert torch.equal(a.test.tensors[0], b.test.tensors[0])
+    assert not torch.equal(a.test.tensors[1], c.test.tensors[1])
+    counts = torch.bincount(a.test.tensors[1], minlength=10)
+    assert int(counts.min()) >= 35  # every class in the test split, about 20% each
+
+
+@pytest.mark.parametrize("compress,sub", [(False, ""), (True, "MNIST/raw")])
+def test_mnist_idx(tmp_path, compress, sub):
+    make_mnist(tmp_path, compress=compress, sub=sub)
+    d = load_dataset("mnist", root=tmp_path)
+    assert d.input_shape == (1, 28, 28) and len(d.train) == 12 and len(d.test) == 6
+    raw = read_idx(next((tmp_path / sub).glob("train-images*")))
+    expected = (raw[0].astype(np.float32) / 255 - 0.1307) / 0.3081
+    assert np.allclose(d.train.tensors[0][0, 0].numpy(), expected, atol=1e-6)
+
+
+def test_fashion_mnist_idx(tmp_path):
+    make_mnist(tmp_path)
+    assert load_dataset("fashion_mnist", root=tmp_path).name == "fashion_mnist"
+
+
+def test_idx_truncated(tmp_path):
+    make_mnist(tmp_path)
+    p = tmp_path / "train-images-idx3-ubyte"
+    p.write_bytes(p.read_bytes()[:-5])
+    with pytest.raises(DataError, match="payload"):
+        load_dataset("mnist", root=tmp_path)
+
+
+def test_missing_root_says_which_files(tmp_path):
+    with pytest.raises(DataError, match="--root"):
+        load_dataset("mnist")
+    with pytest.raises(DataError, match="train-images-idx3-ubyte"):
+        load_dataset("mnist", root=tmp_path)
+    with pytest.raises(DataError, match="data_batch_1"):
+        load_dataset("cifar10", root=tmp_path)
+    with pytest.raises(DataError, match="not a directory"):
+        load_dataset("cifar10", root=tmp_path / "nope")
+
+
+def test_cifar10(tmp_path):
+    make_cifar(tmp_path)
+    d = load_dataset("cifar10", root=tmp_path)
+    assert d.input_shape == (3, 32, 32) and len(d.train) == 20 and len(d.test) == 4
+    images, labels = read_cifar_batch(tmp_path / "cifar-10-batches-py" / "test_batch")
+    assert images.shape == (4, 3, 32, 32) and labels.dtype == np.int64
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch PWNED",))
+
+
+def test_cifar_refuses_code_pickle(tmp_path):
+    make_cifar(tmp_path)
+    evil = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    with open(evil, "wb") as f:
+        pickle.dump({b"data": _Evil(), b"labels": []}, f, protocol=2)
+    with pytest.raises(DataError, match="refusing to load global"):
+        load_dataset("cifar10", root=tmp_path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_unknown_dataset_lists_valid():
+    with pytest.raises(DataError, match="mnist1d"):
+        load_dataset("imagenet")
