@@ -7,5 +7,35 @@ the disk. It depends on torch, numpy, scipy and networkx only (never on ``ticket
 """
 
 from gauge.errors import GaugeError, MismatchError, SpecError, TraceError
+from gauge.spec import PermutationSpec, infer_spec
+from gauge.symmetry import (Permutation, apply_permutation, apply_rescaling, canonicalize_scale,
+                            compose, function_distance, identity_permutation, invert,
+                            random_permutation, random_rescaling, random_scales)
 
-__all__ = ["GaugeError", "MismatchError", "SpecError", "TraceError"]
+__all__ = ["GaugeError", "MismatchError", "SpecError", "TraceError",
+           "PermutationSpec", "infer_spec",
+           "Permutation", "random_permutation", "identity_permutation", "apply_permutation",
+           "invert", "compose", "random_scales", "random_rescaling", "apply_rescaling",
+           "canonicalize_scale", "function_distance"]
+
+# flatness (issue 6)
+from gauge.errors import EmptyParamsError, FlatnessError, FlatnessOptionError, NonFiniteLossError  # noqa: E402
+from gauge.flatness import (Density, EigResult, GaugeFixed, HessianOperator, Landscape1D,  # noqa: E402
+                            Landscape2D, TraceResult, epsilon_sharpness, hessian_eigenvalues,
+                            hessian_trace, hvp, landscape_1d, landscape_2d, sharpness,
+                            spectral_density)
+
+__all__ += ["EmptyParamsError", "FlatnessError", "FlatnessOptionError", "NonFiniteLossError",
+            "Density", "EigResult", "GaugeFixed", "HessianOperator", "Landscape1D", "Landscape2D",
+            "TraceResult", "epsilon_sharpness", "hessian_eigenvalues", "hessian_trace", "hvp",
+            "landscape_1d", "landscape_2d", "sharpness", "spectral_density"]
+
+# mode connectivity and mask overlap (issue 5)
+from gauge.errors import ConnectError  # noqa: E402
+from gauge.connect import PathResult, barriers, interpolate, linear_path  # noqa: E402
+from gauge.overlap import (LayerOverlap, OverlapMatrix, OverlapResult,  # noqa: E402
+                           aligned_mask_overlap, chance_jaccard, mask_overlap, overlap_matrix)
+
+__all__ += ["ConnectError", "PathResult", "barriers", "interpolate", "linear_path",
+            "LayerOverlap", "OverlapMatrix", "OverlapResult", "aligned_mask_overlap",
+            "chance_jaccard", "mask_overlap", "overlap_matrix"]

@@ -35,3 +35,7 @@ class EmptyParamsError(FlatnessError):
 
 class FlatnessOptionError(FlatnessError, ValueError):
     """An option is out of range (k larger than the parameter count, rho <= 0, ...)."""
+
+
+class ConnectError(GaugeError, ValueError):
+    """A linear path cannot be measured as asked (alpha grid, split, BN mode, missing data)."""

@@ -11,7 +11,18 @@ from tickets.errors import TicketsError  # noqa: E402
 from tickets.models import build_model, model_names  # noqa: E402
 from tickets.store import load_checkpoint, save_checkpoint  # noqa: E402
 from tickets.train import TrainConfig, TrainResult, default_config, evaluate, train  # noqa: E402
+from tickets.prune import (Sparsity, apply_mask, magnitude_global,  # noqa: E402
+                           magnitude_layerwise, prunable, random_mask, sparsity)
+from tickets.imp import (ImpResult, LevelFiles, RunInfo, build_run_model,  # noqa: E402
+                         load_level, load_run_data, open_run, run_imp)
+from tickets.instability import InstabilityResult, instability  # noqa: E402
 
 __all__ = ["DataSplits", "dataset_names", "load_dataset", "TicketsError", "build_model",
            "model_names", "load_checkpoint", "save_checkpoint", "TrainConfig", "TrainResult",
-           "default_config", "evaluate", "train", "__version__"]
+           "default_config", "evaluate", "train", "__version__",
+           # pruning and IMP (issue 3)
+           "Sparsity", "apply_mask", "magnitude_global", "magnitude_layerwise", "prunable",
+           "random_mask", "sparsity", "ImpResult", "LevelFiles", "RunInfo", "build_run_model",
+           "load_level", "load_run_data", "open_run", "run_imp",
+           # instability analysis (issue 5)
+           "InstabilityResult", "instability"]

@@ -10,9 +10,11 @@ an uninterrupted run would have seen from ``k`` on, and the learning-rate schedu
 at the absolute iteration. Optimiser state starts fresh at ``start_iter`` as in OpenLTH's
 rewinding. ``seed`` seeds any randomness inside the model (dropout) in a forked RNG.
 
-Masks (Frankle & Carbin 2019): pruned weights are zero on entry, their gradients are zeroed
-before each step (so momentum, Adam moments and L2 weight decay never move them) and they are
-re-zeroed after each step, without a mask multiply in the forward pass.
+Masks (Frankle & Carbin 2019): pruned weights are zeroed on entry and their gradients are
+zeroed before each step, with no mask multiply in the forward pass. That keeps them exactly
+zero for every optimiser here: a zero gradient leaves SGD momentum buffers and Adam moments at
+zero (so the Adam update is 0 / (0 + eps) = 0), coupled L2 decay adds ``wd * 0`` and decoupled
+decay scales 0. ``tests/test_train.py`` checks it for SGD+momentum+decay, Adam and AdamW.
 """
 
 from __future__ import annotations
@@ -324,9 +326,6 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *, seed: int, da
                 grads = [p.grad for p in mask_params]
                 torch._foreach_mul_(grads, mask_values)
             opt.step()
-            if masked:
-                with torch.no_grad():
-                    torch._foreach_mul_(mask_params, mask_values)
             it += 1
             if bar is not None:
                 bar.update(1)

@@ -1,0 +1,430 @@
+"""gauge flatness: Hessian spectrum, trace, sharpness and loss landscapes of a checkpoint, raw
+and gauge-fixed.
+
+All measures use a fixed subset of the training split (--subset, default the first 1000
+examples), the model in eval mode (BatchNorm uses its running statistics) and the mean
+cross-entropy. --top-k: extreme Hessian eigenvalues by Lanczos (ARPACK); --trace: Hutch++
+(Meyer et al. 2021); --density: spectral density by stochastic Lanczos quadrature (Ghorbani et
+al. 2019); --sharpness: worst- or average-case adaptive sharpness (Andriushchenko et al. 2023);
+--landscape: loss along filter-normalised random directions (Li et al. 2018).
+
+--mask FILE restricts everything to a ticket's unpruned weights (pruned entries are zero).
+--gauge-fixed also evaluates each measure at the balanced point of the ReLU-rescaling orbit
+(canonicalize_scale): raw Hessian numbers change arbitrarily under rescaling (Dinh et al.
+2017), the gauge-fixed ones do not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from analyses.common import (UsageError, add_device_argument, add_json_argument, emit_json,
+                             ensure_output_path, progress_enabled, resolve_device)
+
+HELP = "Hessian spectrum, trace, sharpness and landscapes, raw and gauge-fixed"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint written by the toolkit "
+                        "(e.g. RUN/level_03/final.safetensors)")
+    parser.add_argument("--data", default=None, help="dataset (default: the checkpoint's)")
+    parser.add_argument("--root", default=None, help="folder with the dataset files")
+    parser.add_argument("--subset", type=int, default=1000, metavar="N",
+                        help="use the first N training examples (a fixed set; default 1000)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="HVP batch size (default: the whole subset in one batch)")
+    parser.add_argument("--top-k", type=int, default=5, metavar="K",
+                        help="number of top Hessian eigenvalues (default 5; 0 = skip)")
+    parser.add_argument("--negative", action="store_true",
+                        help="also the K smallest (most negative) eigenvalues")
+    parser.add_argument("--trace", action="store_true", help="Hutch++ estimate of tr(H)")
+    parser.add_argument("--trace-samples", type=int, default=60, metavar="M",
+                        help="HVPs for --trace (default 60)")
+    parser.add_argument("--density", action="store_true",
+                        help="spectral density by stochastic Lanczos quadrature")
+    parser.add_argument("--density-runs", type=int, default=4)
+    parser.add_argument("--lanczos-steps", type=int, default=60)
+    parser.add_argument("--sharpness", choices=["worst", "average"], default=None,
+                        help="adaptive sharpness (Andriushchenko et al. 2023); needs --rho")
+    parser.add_argument("--rho", type=float, default=None, help="sharpness radius (> 0)")
+    parser.add_argument("--no-adaptive", action="store_true",
+                        help="plain (non-adaptive) sharpness, not rescaling invariant")
+    parser.add_argument("--norm", choices=["l2", "linf"], default="l2")
+    parser.add_argument("--landscape", choices=["1d", "2d"], default=None,
+                        help="loss along filter-normalised random direction(s)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="landscape points per axis (default 41 for 1d, 21 for 2d)")
+    parser.add_argument("--mask", default=None, metavar="FILE",
+                        help="ticket mask (safetensors of bool tensors, e.g. RUN/level_03/"
+                             "mask.safetensors)")
+    parser.add_argument("--weights-only", action="store_true",
+                        help="exclude biases and norm parameters")
+    parser.add_argument("--gauge-fixed", action="store_true",
+                        help="also measure at canonicalize_scale(params) and report both")
+    parser.add_argument("--seed", type=int, default=0, help="seed of probes and directions")
+    parser.add_argument("--plot", default=None, metavar="DIR",
+                        help="write figures (density, landscape) as PNG+PDF into DIR")
+    add_device_argument(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_json_argument(parser)
+
+
+def _load_mask(path: str, params) -> dict:
+    import torch
+    from tickets.store import load_checkpoint
+    try:
+        mask, _ = load_checkpoint(path, check=False)
+    except Exception as e:  # CheckpointError names the file
+        raise UsageError(f"--mask: {e}") from e
+    for k, v in mask.items():
+        if k not in params:
+            raise UsageError(f"--mask {path}: tensor {k!r} is not in the checkpoint")
+        if tuple(v.shape) != tuple(params[k].shape):
+            raise UsageError(f"--mask {path}: tensor {k!r} has shape {tuple(v.shape)}, the "
+                             f"checkpoint's is {tuple(params[k].shape)}")
+        if v.dtype != torch.bool and not bool(((v == 0) | (v == 1)).all()):
+            raise UsageError(f"--mask {path}: tensor {k!r} is not a 0/1 mask")
+    return {k: v.bool() for k, v in mask.items()}
+
+
+def _validate(args) -> None:
+    if args.sharpness is not None and args.rho is None:
+        raise UsageError("--sharpness needs --rho R (R > 0)")
+    if args.rho is not None and not args.rho > 0:
+        raise UsageError(f"--rho must be > 0, got {args.rho}")
+    if args.top_k < 0:
+        raise UsageError(f"--top-k must be >= 0, got {args.top_k}")
+    if args.subset < 1:
+        raise UsageError(f"--subset must be >= 1, got {args.subset}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.trace_samples < 6:
+        raise UsageError(f"--trace-samples must be >= 6, got {args.trace_samples}")
+    if args.density_runs < 1 or args.lanczos_steps < 2:
+        raise UsageError("--density-runs must be >= 1 and --lanczos-steps >= 2")
+    if args.steps is not None and args.steps < 2:
+        raise UsageError(f"--steps must be >= 2, got {args.steps}")
+    if args.json not in (None, "-"):
+        ensure_output_path(args.json, "--json")
+    if args.plot is not None:
+        p = Path(args.plot)
+        if p.exists() and not p.is_dir():
+            raise UsageError(f"--plot {p}: is a file, expected a directory")
+        for parent in p.parents:
+            if parent.exists() and not parent.is_dir():
+                raise UsageError(f"--plot {p}: cannot write figures: {parent} is a file")
+
+
+def _subset(data, n):
+    x, y = data.train.tensors
+    return x[:n], y[:n]
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from analyses.common import load_checkpoint_for_cli
+    from gauge import flatness as fl
+    from tickets.data import load_dataset
+
+    _validate(args)
+    device = resolve_device(args.device)
+    model, params, meta = load_checkpoint_for_cli(args.checkpoint)
+    mask = _load_mask(args.mask, params) if args.mask else None
+    name = args.data or meta.get("dataset")
+    if not name:
+        raise UsageError(f"{args.checkpoint}: no dataset in the metadata; pass --data NAME")
+    data = load_dataset(name, root=args.root, seed=meta.get("dataset_seed", 0))
+    xy = _subset(data, args.subset)
+    common = dict(mask=mask, device=device, seed=args.seed, batch_size=args.batch_size,
+                  param_filter=fl.weights_only if args.weights_only else None)
+    gf = dict(gauge_fixed=args.gauge_fixed)
+
+    bar = None
+    if progress_enabled(args):
+        from tqdm import tqdm
+        bar = tqdm(unit="HVP", desc="flatness", file=sys.stderr, leave=False)
+
+    def tick(_n):
+        if bar is not None:
+            bar.update(1)
+
+    out: dict[str, Any] = {"checkpoint": str(args.checkpoint), "dataset": name,
+                           "n_data": int(len(xy[1])), "gauge_fixed": args.gauge_fixed,
+                           "mask": args.mask, "device": str(device)}
+    try:
+        out["loss"] = fl.loss_at(model, dict(params, **({} if mask is None else {
+            k: params[k] * mask[k] for k in mask})), xy, device=device)
+        if args.top_k > 0:
+            which = "both" if args.negative else "LA"
+            res = fl.hessian_eigenvalues(model, params, xy, k=args.top_k, which=which,
+                                         callback=tick, **common, **gf)
+            out["eigenvalues"] = res.to_dict()
+        if args.trace:
+            res = fl.hessian_trace(model, params, xy, n_samples=args.trace_samples,
+                                   method="hutch++", callback=tick, **common, **gf)
+            out["trace"] = res.to_dict()
+        density = None
+        if args.density:
+            density = fl.spectral_density(model, params, xy, n_runs=args.density_runs,
+                                          lanczos_steps=args.lanczos_steps, callback=tick,
+                                          **common, **gf)
+            out["density"] = density.to_dict()
+        if args.sharpness:
+            common_s = {k: v for k, v in common.items()}
+            res = fl.sharpness(model, params, xy, rho=args.rho, kind=args.sharpness,
+                               adaptive=not args.no_adaptive, norm=args.norm, **common_s, **gf)
+            out["sharpness"] = {"kind": args.sharpness, "rho": args.rho, "norm": args.norm,
+                                "adaptive": not args.no_adaptive,
+                                "value": res.to_dict() if hasattr(res, "to_dict") else res}
+        land = None
+        if args.landscape == "1d":
+            n = args.steps or 41
+            land = fl.landscape_1d(model, params, xy, alphas=np.linspace(-1, 1, n), **common, **gf)
+        elif args.landscape == "2d":
+            n = args.steps or 21
+            land = fl.landscape_2d(model, params, xy, alphas=np.linspace(-1, 1, n), **common, **gf)
+        if land is not None:
+            out["landscape"] = land.to_dict()
+    finally:
+        if bar is not None:
+            bar.close()
+
+    figures = []
+    if args.plot is not None:
+        stem = Path(args.checkpoint).stem
+        if density is not None:
+            figures += _plot_density(density, Path(args.plot) / f"{stem}-density")
+        if land is not None:
+            figures += _plot_landscape(land, Path(args.plot) / f"{stem}-landscape-{args.landscape}")
+        out["figures"] = [str(p) for p in figures]
+    if args.json != "-":
+        print(_summary(out))
+    emit_json(args.json, out)
+    return 0
+
+
+def _pick(d, key="raw"):
+    return d[key] if isinstance(d, dict) and "raw" in d else d
+
+
+def _summary(out: dict) -> str:
+    lines = [f"{out['checkpoint']} on {out['dataset']} ({out['n_data']} examples): "
+             f"loss {out['loss']:.4f}"]
+    views = ["raw", "gauge_fixed"] if out["gauge_fixed"] else [None]
+    for view in views:
+        tag = f" [{view}]" if view else ""
+        if "eigenvalues" in out:
+            e = out["eigenvalues"][view] if view else out["eigenvalues"]
+            vals = ", ".join(f"{v:.5g}" for v in reversed(e["values"]))
+            lines.append(f"  eigenvalues{tag}: {vals}  ({e['n_hvp']} HVPs)")
+        if "trace" in out:
+            t = out["trace"][view] if view else out["trace"]
+            lines.append(f"  trace{tag}: {t['estimate']:.5g} +- {t['stderr']:.2g}  "
+                         f"({t['n_hvp']} HVPs)")
+        if "sharpness" in out:
+            s = out["sharpness"]["value"]
+            s = s[view] if view else s
+            lines.append(f"  sharpness{tag} ({out['sharpness']['kind']}, rho "
+                         f"{out['sharpness']['rho']}): {s:.5g}")
+    for p in out.get("figures", []):
+        if p.endswith(".png"):
+            lines.append(f"  figure: {p}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- figures
+
+def _plot_density(density, stem: Path) -> list[Path]:
+    import numpy as np
+
+    from analyses.figures import COLORS, new_figure, save_figure
+    views = ([("raw", density.raw), ("gauge-fixed", density.gauge_fixed)]
+             if hasattr(density, "raw") else [("raw", density)])
+    fig, axes = new_figure(len(views), 1, width=3.6, height=2.6)
+    for ax, (label, d) in zip(axes[0], views):
+        color = COLORS["gauge_fixed"] if label == "gauge-fixed" else COLORS["raw"]
+        ax.semilogy(d.grid, np.maximum(d.density, 1e-12), color=color)
+        ax.set_ylim(max(1e-8, float(d.density.max()) * 1e-8), float(d.density.max()) * 3)
+        ax.set_xlabel("Hessian eigenvalue")
+        ax.set_ylabel("density (SLQ)")
+        ax.set_title(f"Spectral density, {label}")
+    return save_figure(fig, stem)
+
+
+def _plot_landscape(land, stem: Path) -> list[Path]:
+    from analyses.figures import COLORS, new_figure, save_figure
+    views = ([("raw", land.raw), ("gauge-fixed", land.gauge_fixed)]
+             if hasattr(land, "raw") else [("raw", land)])
+    if hasattr(views[0][1], "betas"):
+        fig, axes = new_figure(len(views), 1, width=3.4, height=3.0)
+        for ax, (label, l2) in zip(axes[0], views):
+            cs = ax.contourf(l2.alphas, l2.betas, l2.losses, levels=20, cmap="viridis")
+            ax.contour(l2.alphas, l2.betas, l2.losses, levels=10, colors="white",
+                       linewidths=0.5)
+            fig.colorbar(cs, ax=ax, label="loss")
+            ax.plot([0], [0], marker="*", color="white")
+            ax.set_xlabel(r"$\alpha$ (direction 1)")
+            ax.set_ylabel(r"$\beta$ (direction 2)")
+            ax.set_title(f"Loss landscape, {label}")
+            ax.grid(False)
+        return save_figure(fig, stem)
+    fig, axes = new_figure(1, 1, width=3.6, height=2.6)
+    ax = axes[0][0]
+    for label, l1 in views:
+        ax.plot(l1.alphas, l1.losses, label=label,
+                color=COLORS["gauge_fixed"] if label == "gauge-fixed" else COLORS["raw"])
+    ax.set_xlabel(r"$\alpha$ (filter-normalised random direction)")
+    ax.set_ylabel("training loss")
+    ax.set_title("1-D loss landscape")
+    ax.legend()
+    return save_figure(fig, stem)
+
+
+# ----------------------------------------------------------------------------- report API
+
+@dataclass(frozen=True)
+class FlatnessResult:
+    """Flatness per IMP level: one row per (run, level[, control]) with the density (fraction
+    of weights remaining), test accuracy, top Hessian eigenvalue raw and gauge-fixed, Hutch++
+    trace raw and gauge-fixed, and adaptive worst-case sharpness."""
+
+    rows: tuple[dict, ...]
+    options: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"rows": list(self.rows), "options": self.options}
+
+    def table(self) -> list[dict]:
+        keys = ["run", "level", "control", "density", "test_acc", "top_eig_raw",
+                "top_eig_gauge_fixed", "trace_raw", "trace_gauge_fixed", "sharpness_adaptive"]
+        return [{k: r.get(k) for k in keys} for r in self.rows]
+
+
+def _options_key(options: dict) -> str:
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _level_row(run, level, control, model, xy, options, device) -> dict:
+    from gauge import flatness as fl
+    from tickets.imp import load_level
+    files = load_level(run, level, control=control)
+    params, mask = files.final, files.mask
+    common = dict(mask=mask, device=device, seed=options["seed"])
+    eig = fl.hessian_eigenvalues(model, params, xy, k=1, gauge_fixed=True, **common)
+    tr = fl.hessian_trace(model, params, xy, n_samples=options["trace_samples"],
+                          method="hutch++", gauge_fixed=True, **common)
+    sharp = fl.sharpness(model, params, xy, rho=options["rho"], kind="worst", adaptive=True,
+                         steps=options["sharpness_steps"], **common)
+    total = sum(int(m.numel()) for m in mask.values())
+    kept = sum(int(m.sum()) for m in mask.values())
+    return {"run": str(run.path), "level": int(level), "control": control,
+            "density": files.metrics.get("density", kept / max(total, 1)),
+            "test_acc": files.metrics.get("test_acc"),
+            "top_eig_raw": float(eig.raw.values[-1]),
+            "top_eig_gauge_fixed": float(eig.gauge_fixed.values[-1]),
+            "trace_raw": tr.raw.estimate, "trace_raw_stderr": tr.raw.stderr,
+            "trace_gauge_fixed": tr.gauge_fixed.estimate,
+            "trace_gauge_fixed_stderr": tr.gauge_fixed.stderr,
+            "sharpness_adaptive": sharp,
+            "n_hvp": eig.raw.n_hvp + eig.gauge_fixed.n_hvp + tr.raw.n_hvp + tr.gauge_fixed.n_hvp}
+
+
+def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None,
+            controls: bool = False, subset: int = 1000, rho: float = 0.1,
+            sharpness_steps: int = 10, trace_samples: int = 30, seed: int = 0, device=None,
+            progress: bool = False, **_ignored) -> FlatnessResult:
+    """Per IMP level (ticket; with ``controls`` also each control) of each run: top Hessian
+    eigenvalue raw and gauge-fixed, Hutch++ trace raw and gauge-fixed (``trace_samples``
+    HVPs), adaptive worst-case l2 sharpness at radius ``rho`` (rescaling invariant by itself),
+    on the first ``subset`` training examples. The dense network is level 0. Each row is
+    cached in ``RUN/analyses/flatness-<key>.json`` (``key`` hashes the options), so a second
+    call only reads JSON."""
+    import torch
+
+    from tickets.imp import build_run_model, load_run_data, open_run
+    from tickets.store import load_json, save_json
+    if not rho > 0:
+        raise UsageError(f"rho must be > 0, got {rho}")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    options = {"subset": int(subset), "rho": float(rho), "sharpness_steps": int(sharpness_steps),
+               "trace_samples": int(trace_samples), "seed": int(seed), "version": 1}
+    key = _options_key(options)
+    rows = []
+    for run_dir in run_dirs:
+        run = open_run(run_dir)
+        cache_path = Path(run.path) / "analyses" / f"flatness-{key}.json"
+        cache = {}
+        if cache_path.is_file():
+            try:
+                cache = load_json(cache_path).get("rows", {})
+            except Exception:  # noqa: BLE001 - a corrupt cache is recomputed
+                cache = {}
+        todo = [(lv, None) for lv in run.levels if levels is None or lv in levels]
+        if controls:
+            todo += [(lv, c) for c, lvs in run.controls.items() for lv in lvs
+                     if levels is None or lv in levels]
+        model = data = None
+        changed = False
+        for lv, control in todo:
+            ck = f"{control or 'ticket'}/{lv}"
+            if ck not in cache:
+                if model is None:
+                    model = build_run_model(run)
+                    data = load_run_data(run)
+                    xy = _subset(data, subset)
+                cache[ck] = _level_row(run, lv, control, model, xy, options, device)
+                changed = True
+            rows.append(cache[ck])
+        if changed:
+            save_json(cache_path, {"options": options, "rows": cache})
+    return FlatnessResult(rows=tuple(rows), options=options)
+
+
+def plot(result: FlatnessResult, out_dir: Path) -> list[Path]:
+    """Top eigenvalue (raw vs gauge-fixed), trace and adaptive sharpness against the fraction of
+    weights remaining (log x axis, dense on the right)."""
+    from analyses.figures import COLORS, PALETTE, new_figure, save_figure
+    rows = [r for r in result.rows if r.get("control") is None]
+    if not rows:
+        return []
+    fig, axes = new_figure(3, 1, width=3.0, height=2.5)
+    ax_e, ax_t, ax_s = axes[0]
+    runs = sorted({r["run"] for r in rows})
+    for i, run in enumerate(runs):
+        rr = sorted((r for r in rows if r["run"] == run), key=lambda r: -r["density"])
+        d = [100 * r["density"] for r in rr]
+        lab = (lambda s: s if i == 0 else None)
+        ax_e.plot(d, [r["top_eig_raw"] for r in rr], "o-", color=COLORS["raw"], label=lab("raw"))
+        ax_e.plot(d, [r["top_eig_gauge_fixed"] for r in rr], "s-", color=COLORS["gauge_fixed"],
+                  label=lab("gauge-fixed"))
+        ax_t.errorbar(d, [r["trace_raw"] for r in rr],
+                      yerr=[r["trace_raw_stderr"] for r in rr], fmt="o-",
+                      color=COLORS["raw"], label=lab("raw"))
+        ax_t.errorbar(d, [r["trace_gauge_fixed"] for r in rr],
+                      yerr=[r["trace_gauge_fixed_stderr"] for r in rr], fmt="s-",
+                      color=COLORS["gauge_fixed"], label=lab("gauge-fixed"))
+        ax_s.plot(d, [r["sharpness_adaptive"] for r in rr], "o-", color=PALETTE[2 + i % 5],
+                  label=lab("adaptive (invariant)"))
+    for ax, title in ((ax_e, r"Top Hessian eigenvalue $\lambda_{max}$"),
+                      (ax_t, "Hessian trace (Hutch++)"),
+                      (ax_s, rf"Adaptive sharpness, $\rho$={result.options.get('rho')}")):
+        ax.set_xscale("log")
+        ax.set_xlabel("weights remaining (%)")
+        ax.set_title(title)
+        ax.legend()
+    ax_e.set_yscale("log")
+    ax_e.set_ylabel("eigenvalue")
+    ax_t.set_ylabel("trace")
+    ax_s.set_ylabel("loss increase")
+    return save_figure(fig, Path(out_dir) / "flatness")
+
+
+if __name__ == "__main__":
+    from analyses.cli import run_command
+    sys.exit(run_command(sys.modules[__name__]))

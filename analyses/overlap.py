@@ -1,0 +1,228 @@
+"""gauge overlap: are the tickets of different seeds the same subnetwork, modulo permutation?
+
+Compares the level-L masks of N IMP runs pairwise: intersection, Jaccard index and overlap
+coefficient, against the chance level of independent random masks with the same per-layer
+densities (hypergeometric; a z-score says how far above chance). With --align weight (or
+activation) each run's network is first matched to the other's (Hungarian matching of the
+dense level-0 final weights, Ainsworth et al. 2023) and its mask permuted into the other's
+basis: masks permute like the weights they cover.
+
+Example:
+  gauge overlap runs/s0 runs/s1 runs/s2 --level 3 --align weight --plot heatmap.png
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from analyses.common import (UsageError, add_device_argument, add_json_argument, emit_json,
+                             ensure_output_path, resolve_device)
+from analyses.connect import (align_params, cache_file, example_input, level_stamp, read_cache,
+                              same_architecture, write_cache)
+
+HELP = "mask overlap of tickets across seeds, raw and modulo permutation, against chance"
+CACHE_VERSION = 1
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="IMP run directories (>= 2)")
+    parser.add_argument("--level", type=int, required=True, help="IMP level whose masks to compare")
+    parser.add_argument("--align", choices=["weight", "activation"], default=None,
+                        help="also compare after permuting each mask into the other's basis")
+    parser.add_argument("--plot", default=None, metavar="FILE.png",
+                        help="heatmaps of the Jaccard matrices (PNG + PDF)")
+    add_json_argument(parser)
+    add_device_argument(parser)
+    parser.add_argument("--quiet", action="store_true")
+
+
+@dataclass(frozen=True)
+class OverlapAnalysis:
+    """Per level: Jaccard matrices (``raw``, ``aligned``, ``chance``) over the runs, z-scores,
+    and per-layer numbers of each pair."""
+
+    runs: list[str]
+    align: str | None
+    levels: dict  # str(level) -> {"density", "matrix": OverlapMatrix.to_dict(), "pairs": {...}}
+
+    def table(self) -> list[dict]:
+        rows = []
+        for lv, d in sorted(self.levels.items(), key=lambda kv: int(kv[0])):
+            m = d["matrix"]
+            n = len(m["names"])
+            off = [(i, j) for i in range(n) for j in range(n) if i < j]
+
+            def mean(key):
+                vals = [m[key][i][j] for i, j in off if m.get(key) and m[key][i][j] is not None]
+                return sum(vals) / len(vals) if vals else None
+            rows.append({"level": int(lv), "density": d["density"], "pairs": len(off),
+                         "jaccard_raw": mean("raw"), "jaccard_aligned": mean("aligned"),
+                         "jaccard_chance": mean("chance"), "z_raw": mean("z_raw"),
+                         "z_aligned": mean("z_aligned")})
+        return rows
+
+    def to_dict(self) -> dict:
+        return {"runs": self.runs, "align": self.align, "levels": self.levels,
+                "table": self.table()}
+
+
+def _load(run_dirs: Sequence[str | Path], levels: Sequence[int]):
+    from tickets.imp import open_run
+    runs = [open_run(p) for p in run_dirs]
+    if len(runs) < 2:
+        raise UsageError("overlap needs at least two run directories (seeds)")
+    same_architecture([r.meta for r in runs], [str(r.path) for r in runs])
+    for r in runs:
+        for lv in levels:
+            if lv not in r.levels:
+                raise UsageError(f"{r.path}: level {lv} is not complete (completed: "
+                                 f"{', '.join(map(str, r.levels)) or 'none'})")
+    return runs
+
+
+def _analyse(runs, level: int, align: str | None, device, state: dict) -> dict:
+    from gauge.overlap import mask_overlap, overlap_matrix
+    from tickets.imp import build_run_model, load_level, load_run_data
+    masks = [load_level(r, level).mask for r in runs]
+    names = [str(r.path) for r in runs]
+    for m, n in zip(masks[1:], names[1:]):
+        if set(m) != set(masks[0]) or any(m[k].shape != masks[0][k].shape for k in m):
+            raise UsageError(f"the masks of {n} and {names[0]} cover different weights: masks "
+                             "of different models")
+    perms = None
+    spec = None
+    if align:
+        if "perms" not in state:
+            from gauge.spec import infer_spec
+            model = build_run_model(runs[0])
+            spec = infer_spec(model, example_input(runs[0].meta))
+            data = load_run_data(runs[0]) if align == "activation" else None
+            dense = [load_level(r, 0).final for r in runs]
+            pw = {}
+            for i in range(len(runs)):
+                for j in range(i + 1, len(runs)):
+                    _, pw[(i, j)] = align_params(model, spec, dense[i], dense[j], align, data,
+                                                 device=device)
+            state["perms"], state["spec"] = pw, spec
+        perms, spec = state["perms"], state["spec"]
+    mat = overlap_matrix(dict(zip(names, masks)), perms=perms, spec=spec)
+    pairs = {}
+    for i in range(len(runs)):
+        for j in range(i + 1, len(runs)):
+            entry = {"raw": mask_overlap(masks[i], masks[j]).to_dict()}
+            if perms is not None:
+                from gauge.overlap import aligned_mask_overlap
+                entry["aligned"] = aligned_mask_overlap(spec, perms[(i, j)], masks[i],
+                                                        masks[j]).to_dict()
+            pairs[f"{i}-{j}"] = entry
+    total = sum(m.numel() for m in masks[0].values())
+    density = sum(int(m.sum()) for m in masks[0].values()) / max(1, total)
+    return {"density": density, "matrix": mat.to_dict(), "pairs": pairs}
+
+
+def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None,
+            align: str | None = "weight", device="cpu", progress: bool = False
+            ) -> OverlapAnalysis:
+    """Overlap matrices of the runs' masks at each level in ``levels`` (default: every pruned
+    level all runs have), raw and aligned; cached per level in RUN_0/analyses/."""
+    from tickets.imp import open_run
+    pre = [open_run(p) for p in run_dirs]
+    if levels is None:
+        levels = sorted(set.intersection(*(set(r.levels) for r in pre)))
+    levels = [int(lv) for lv in levels if int(lv) > 0] or [int(lv) for lv in levels]
+    runs = _load(run_dirs, levels + ([0] if align else []))
+    out, state = {}, {}
+    for lv in levels:
+        key = {"v": CACHE_VERSION, "runs": [str(r.path.resolve()) for r in runs], "level": lv,
+               "align": align, "stamp": [level_stamp(r, lv) for r in runs] +
+               [level_stamp(r, 0) for r in runs]}
+        cpath = cache_file(runs[0].path, "overlap", key)
+        res = read_cache(cpath)
+        if res is None:
+            res = _analyse(runs, lv, align, device, state)
+            write_cache(cpath, res)
+        out[str(lv)] = res
+    return OverlapAnalysis(runs=[str(r.path) for r in runs], align=align, levels=out)
+
+
+def _short(names):
+    return [Path(n).name or n for n in names]
+
+
+def plot(result: OverlapAnalysis, out_dir: Path, *, stem: str | Path | None = None
+         ) -> list[Path]:
+    """Heatmaps (raw / aligned / chance Jaccard) at the sparsest level, and mean off-diagonal
+    Jaccard vs weights remaining."""
+    import numpy as np
+
+    from analyses.figures import COLORS, new_figure, save_figure
+    files = []
+    lv = max(result.levels, key=int)
+    m = result.levels[lv]["matrix"]
+    kinds = [k for k in ("raw", "aligned", "chance") if m.get(k) is not None]
+    fig, axes = new_figure(len(kinds), 1, width=2.6, height=2.4)
+    labels = _short(m["names"])
+    vmax = 1.0
+    for ax, kind in zip(axes[0], kinds):
+        a = np.array(m[kind], dtype=float)
+        im = ax.imshow(a, vmin=0, vmax=vmax, cmap="viridis")
+        ax.set_title(f"{kind} Jaccard")
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=6)
+        ax.set_yticks(range(len(labels)), labels, fontsize=6)
+        ax.grid(False)
+        for i in range(a.shape[0]):
+            for j in range(a.shape[1]):
+                ax.text(j, i, f"{a[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if a[i, j] < 0.6 else "black")
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.8)
+    dens = 100 * result.levels[lv]["density"]
+    fig.suptitle(f"mask overlap across seeds, level {lv} ({dens:.1f}% weights remaining)",
+                 fontsize=9)
+    files += save_figure(fig, Path(stem) if stem else Path(out_dir) / "overlap_heatmap")
+    if stem is None and len(result.levels) > 1:
+        rows = result.table()
+        fig, axes = new_figure(1, 1, width=3.6, height=2.6)
+        ax = axes[0][0]
+        x = [100 * r["density"] for r in rows]
+        for kind in ("raw", "aligned", "chance"):
+            y = [r[f"jaccard_{kind}"] for r in rows]
+            if all(v is not None for v in y):
+                ax.plot(x, y, marker="o", color=COLORS[kind], label=kind,
+                        ls="--" if kind == "chance" else "-")
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        ax.set_xlabel("weights remaining (%)")
+        ax.set_ylabel("mean Jaccard between seeds")
+        ax.legend()
+        files += save_figure(fig, Path(out_dir) / "overlap_vs_level")
+    return files
+
+
+def run(args) -> int:
+    if len(args.runs) < 2:
+        raise UsageError("give at least two run directories")
+    plot_path = ensure_output_path(args.plot, "plot") if args.plot else None
+    if args.json not in (None, "-"):
+        ensure_output_path(args.json, "JSON")
+    device = resolve_device(args.device)
+    result = compute(args.runs, levels=[args.level], align=args.align, device=device)
+    out = result.to_dict()
+    if plot_path is not None:
+        stem = plot_path.with_suffix("") if plot_path.suffix else plot_path
+        out["figures"] = [str(p) for p in plot(result, plot_path.parent, stem=stem)]
+    if args.json != "-" and not args.quiet:
+        r = result.table()[0]
+        print(f"level {r['level']} ({100 * r['density']:.1f}% weights), {r['pairs']} pair(s): "
+              f"Jaccard raw {r['jaccard_raw']:.4f} (z {r['z_raw'] or 0:+.1f}), chance "
+              f"{r['jaccard_chance']:.4f}" + (f", aligned {r['jaccard_aligned']:.4f} (z "
+                                              f"{r['z_aligned'] or 0:+.1f})" if args.align else ""))
+    emit_json(args.json, out)
+    return 0
+
+
+if __name__ == "__main__":
+    from analyses.cli import run_command
+    sys.exit(run_command(sys.modules[__name__]))

@@ -1,0 +1,71 @@
+"""IMP machinery overhead: wall time per IMP level vs the same plain dense training.
+
+One IMP run of ``--levels N`` trains N+1 times (level 0 dense, then N pruned levels rewound to
+init) and adds pruning, rewinding, masked gradients, and atomic checkpoint/JSON writes. The peer
+is N+1 plain ``tickets.train.train`` calls of the same config with no mask and nothing written.
+Both run in this process, interleaved, ``--repeats`` times; medians are reported.
+
+    PYTHONPATH=/work/main python benchmarks/imp_throughput.py [--epochs 20 --levels 3 --repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="mlp")
+    ap.add_argument("--data", default="mnist1d")
+    ap.add_argument("--epochs", type=float, default=20)
+    ap.add_argument("--levels", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from tickets.data import load_dataset
+    from tickets.imp import run_imp
+    from tickets.models import build_model
+    from tickets.train import default_config, train
+
+    data = load_dataset(args.data)
+    cfg = default_config(args.model, args.data).replace(epochs=args.epochs, iters=None)
+    n = args.levels + 1
+
+    def plain() -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            model = build_model(args.model, num_classes=data.num_classes,
+                                input_shape=data.input_shape, seed=0)
+            train(model, data, cfg, seed=0, data_seed=0)
+        return time.perf_counter() - t0
+
+    def imp() -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            run_imp(args.model, data, cfg, levels=args.levels, seed=0, out_dir=Path(tmp) / "r")
+            return time.perf_counter() - t0
+
+    plain()  # warm-up (allocator, first-call costs)
+    t_plain, t_imp = [], []
+    for r in range(args.repeats):
+        order = (plain, imp) if r % 2 == 0 else (imp, plain)
+        for fn in order:
+            (t_plain if fn is plain else t_imp).append(fn())
+    mp, mi = statistics.median(t_plain), statistics.median(t_imp)
+    print(f"{args.model} on {args.data}, {args.epochs:g} epochs per level, {n} trainings, "
+          f"{args.repeats} repeats, {args.threads} thread(s)")
+    print(f"plain dense training : {mp / n:7.3f} s per level (median of {t_plain})")
+    print(f"IMP                  : {mi / n:7.3f} s per level (median of {t_imp})")
+    print(f"IMP / plain          : {mi / mp:7.3f}  (overhead {100 * (mi / mp - 1):+.1f}%)")
+
+
+if __name__ == "__main__":
+    main()

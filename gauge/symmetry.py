@@ -1,0 +1,254 @@
+"""The gauge group acting on parameters: neuron permutations and positive rescalings.
+
+Permutations (Hecht-Nielsen 1990). A :data:`Permutation` maps each group of a
+:class:`~gauge.spec.PermutationSpec` to a ``LongTensor`` ``perm`` of its size. Applying it follows
+git-re-basin's convention (Ainsworth et al. 2022): every axis of the group is re-indexed with
+``index_select(axis, perm)``, i.e. unit ``i`` of the result is unit ``perm[i]`` of the input.
+For a linear layer ``W' = P W`` on its output axis and ``W'' = W P^T`` on the next layer's input
+axis, so ``W''_{l+1} sigma(W'_l x) = W_{l+1} sigma(W_l x)`` for any elementwise ``sigma``.
+
+Rescalings (Neyshabur et al. 2015). For a positively homogeneous activation
+(``relu(s z) = s relu(z)`` for ``s > 0``), scaling the incoming weights and bias of a hidden unit
+by ``s`` and its outgoing weights by ``1/s`` leaves the function unchanged. Only groups the spec
+marks ``rescalable`` are touched: axis 0 of a member (the producing layer) scales by ``s``, any
+other axis (the consuming layers) by ``1/s``.
+
+:func:`canonicalize_scale` fixes the rescaling gauge at the minimum-L2 point of the orbit by
+Equi-normalization (Stock et al. 2019, "Equi-normalization of neural networks"): for each unit,
+``s = (||out||^2 / ||in||^2)^(1/4)`` minimises ``s^2 ||in||^2 + ||out||^2 / s^2``; cycling over the
+groups is block coordinate descent on a convex function of ``log s`` and converges to the
+balanced point where every unit's incoming and outgoing norms are equal.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from gauge.errors import MismatchError, SpecError
+from gauge.spec import PermutationSpec
+
+__all__ = ["Permutation", "random_permutation", "identity_permutation", "apply_permutation",
+           "invert", "compose", "expand_index", "random_scales", "random_rescaling",
+           "apply_rescaling", "canonicalize_scale", "function_distance", "check_permutation"]
+
+#: ``group -> LongTensor`` of that group's size.
+Permutation = dict[str, torch.Tensor]
+
+
+def expand_index(perm: torch.Tensor, layout: tuple[int, int] = (1, 1)) -> torch.Tensor:
+    """Index over a whole axis of layout ``(repeat, block)`` that moves unit ``i`` to ``perm[i]``
+    in every repeat, carrying its block of ``block`` consecutive entries along."""
+    r, b = layout
+    if (r, b) == (1, 1):
+        return perm
+    n = perm.numel()
+    idx = perm.view(1, n, 1) * b + torch.arange(b, device=perm.device).view(1, 1, b)
+    idx = idx + (torch.arange(r, device=perm.device) * n * b).view(r, 1, 1)
+    return idx.reshape(-1)
+
+
+def check_permutation(spec: PermutationSpec, perm: Mapping[str, torch.Tensor],
+                      source: str = "perm") -> None:
+    """Raise :class:`SpecError` unless ``perm`` maps groups of ``spec`` to permutations of the
+    right sizes (missing groups mean the identity)."""
+    for g, p in perm.items():
+        if g not in spec.sizes:
+            raise SpecError(f"{source}: group {g!r} is not in the spec (groups: "
+                            f"{', '.join(spec.groups[:8])}{'...' if len(spec.groups) > 8 else ''})")
+        n = spec.sizes[g]
+        if not isinstance(p, torch.Tensor) or p.dim() != 1 or p.numel() != n:
+            raise SpecError(f"{source}: group {g!r} needs a 1-D index tensor of size {n}")
+        if p.dtype.is_floating_point or p.dtype == torch.bool:
+            raise SpecError(f"{source}: group {g!r} is not an integer tensor ({p.dtype})")
+        if not torch.equal(torch.sort(p.cpu()).values, torch.arange(n)):
+            raise SpecError(f"{source}: group {g!r} is not a permutation of 0..{n - 1}")
+
+
+def random_permutation(spec: PermutationSpec, seed: int) -> Permutation:
+    """A uniformly random element of the spec's permutation group, drawn from ``seed``."""
+    gen = torch.Generator().manual_seed(int(seed))
+    return {g: torch.randperm(n, generator=gen) for g, n in spec.sizes.items()}
+
+
+def identity_permutation(spec: PermutationSpec) -> Permutation:
+    """The identity permutation of every group."""
+    return {g: torch.arange(n) for g, n in spec.sizes.items()}
+
+
+def apply_permutation(spec: PermutationSpec, perm: Mapping[str, torch.Tensor],
+                      params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Permute ``params`` (any dtype, including bool masks) by ``perm``.
+
+    ``params`` may be any subset of the spec's keys (a mask over the weights only, say); a key
+    the spec does not know raises :class:`SpecError`. Groups missing from ``perm`` stay put.
+    Tensors with no permuted axis are returned as they are (not copied); inputs are not changed.
+    """
+    check_permutation(spec, perm)
+    spec.check_params(params)
+    out: dict[str, torch.Tensor] = {}
+    cache: dict[tuple, torch.Tensor] = {}
+    for k, t in params.items():
+        for ax, g in enumerate(spec.axes[k]):
+            if g is None or g not in perm:
+                continue
+            key = (g, spec.layout(k, ax), t.device)
+            if key not in cache:
+                cache[key] = expand_index(perm[g].to(t.device), spec.layout(k, ax))
+            t = t.index_select(ax, cache[key])
+        out[k] = t
+    return out
+
+
+def invert(perm: Mapping[str, torch.Tensor]) -> Permutation:
+    """The inverse permutation: ``apply(invert(p), apply(p, params)) == params``."""
+    return {g: torch.argsort(p) for g, p in perm.items()}
+
+
+def compose(p: Mapping[str, torch.Tensor], q: Mapping[str, torch.Tensor]) -> Permutation:
+    """``compose(p, q)`` acts as ``q`` first, then ``p``:
+    ``apply(compose(p, q), x) == apply(p, apply(q, x))``; per group the index is ``q[p]``."""
+    out = {}
+    for g in set(p) | set(q):
+        if g in p and g in q:
+            out[g] = q[g][p[g].to(q[g].device)]
+        else:
+            out[g] = p[g] if g in p else q[g]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Rescaling
+
+
+def random_scales(spec: PermutationSpec, seed: int, log_range: float = 1.0
+                  ) -> dict[str, torch.Tensor]:
+    """Per-unit scales ``exp(U(-log_range, log_range))`` for every rescalable group."""
+    gen = torch.Generator().manual_seed(int(seed))
+    return {g: torch.exp((torch.rand(spec.sizes[g], generator=gen, dtype=torch.float64) * 2 - 1)
+                         * float(log_range))
+            for g in spec.groups if g in spec.rescalable}
+
+
+def apply_rescaling(spec: PermutationSpec, scales: Mapping[str, torch.Tensor],
+                    params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rescale the units of rescalable groups: axis 0 of each member by ``s``, other axes by
+    ``1/s``. Non-floating tensors (masks) are unchanged: rescaling does not move weights."""
+    spec.check_params(params)
+    for g, s in scales.items():
+        if g not in spec.rescalable:
+            raise SpecError(f"group {g!r} is not rescalable in this spec (rescalable: "
+                            f"{', '.join(sorted(spec.rescalable)) or 'none'})")
+        if s.numel() != spec.sizes[g] or not bool((s > 0).all()):
+            raise SpecError(f"scales for group {g!r} must be {spec.sizes[g]} positive numbers")
+    out = {}
+    for k, t in params.items():
+        if t.dtype.is_floating_point:
+            factor = None
+            for ax, g in enumerate(spec.axes[k]):
+                if g is None or g not in scales:
+                    continue
+                s = _expand_values(scales[g].to(t.device, torch.float64), spec.layout(k, ax))
+                s = s if ax == 0 else 1.0 / s
+                shape = [1] * t.dim()
+                shape[ax] = -1
+                s = s.view(shape)
+                factor = s if factor is None else factor * s
+            if factor is not None:
+                t = (t.to(torch.float64) * factor).to(t.dtype)
+        out[k] = t
+    return out
+
+
+def _expand_values(v: torch.Tensor, layout: tuple[int, int]) -> torch.Tensor:
+    r, b = layout
+    if (r, b) == (1, 1):
+        return v
+    return v.view(1, -1, 1).expand(r, -1, b).reshape(-1)
+
+
+def random_rescaling(spec: PermutationSpec, params: Mapping[str, torch.Tensor], seed: int,
+                     log_range: float = 1.0) -> dict[str, torch.Tensor]:
+    """``params`` moved to a random point of their rescaling orbit:
+    ``apply_rescaling(spec, random_scales(spec, seed, log_range), params)``."""
+    return apply_rescaling(spec, random_scales(spec, seed, log_range), params)
+
+
+def _unit_sq_norms(spec, params, g, role):
+    """Per-unit squared norm of group ``g``'s producing (role 0) or consuming (role 1) slices."""
+    n = spec.sizes[g]
+    total = None
+    for k, ax in spec.perm_to_axes[g]:
+        if (ax == 0) != (role == 0) or k not in params:
+            continue
+        t = params[k]
+        if not t.dtype.is_floating_point:
+            continue
+        r, b = spec.layout(k, ax)
+        x = t.to(torch.float64).movedim(ax, 0)
+        x = x.reshape(r, n, b, -1).pow(2).sum(dim=(0, 2, 3))
+        total = x if total is None else total + x
+    return total
+
+
+def canonicalize_scale(spec: PermutationSpec, params: Mapping[str, torch.Tensor], *,
+                       tol: float = 1e-7, max_iter: int = 10_000) -> dict[str, torch.Tensor]:
+    """The minimum-L2 point of ``params``' rescaling orbit (Equi-normalization, Stock et al.
+    2019), as new params; function preserving and idempotent (up to ``tol``).
+
+    Each sweep balances every rescalable group in turn with ``s = (||out||^2/||in||^2)^(1/4)``
+    per unit (units with a zero incoming or outgoing norm are left alone); sweeps stop when no
+    unit's ``|log s|`` exceeds ``tol`` or after ``max_iter`` sweeps.
+    """
+    spec.check_params(params)
+    groups = [g for g in spec.groups if g in spec.rescalable]
+    work = {k: (v.to(torch.float64) if v.dtype.is_floating_point else v)
+            for k, v in params.items()}
+    for _ in range(max_iter):
+        worst = 0.0
+        for g in groups:
+            a = _unit_sq_norms(spec, work, g, 0)
+            b = _unit_sq_norms(spec, work, g, 1)
+            if a is None or b is None:
+                continue
+            ok = (a > 0) & (b > 0)
+            s = torch.where(ok, (b / torch.where(ok, a, 1.0)) ** 0.25, torch.ones_like(a))
+            worst = max(worst, float(s.log().abs().max()))
+            members = {k for k, _ in spec.perm_to_axes[g]}
+            work.update(apply_rescaling(spec, {g: s}, {k: work[k] for k in members
+                                                       if k in work}))
+        if worst <= tol:
+            break
+    return {k: work[k].to(v.dtype) if v.dtype.is_floating_point else v
+            for k, v in params.items()}
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def function_distance(model: nn.Module, params_a: Mapping[str, torch.Tensor],
+                      params_b: Mapping[str, torch.Tensor], inputs: torch.Tensor, *,
+                      batch_size: int = 1024, device: str | torch.device | None = None) -> float:
+    """``max |f(x; params_a) - f(x; params_b)|`` over ``inputs`` (eval mode; the model's own
+    weights and mode are left unchanged). Raises :class:`MismatchError` for different keys."""
+    if set(params_a) != set(params_b):
+        diff = sorted(set(params_a) ^ set(params_b))
+        raise MismatchError(f"params differ in key {diff[0]!r}")
+    device = torch.device(device) if device is not None else inputs.device
+    was = model.training
+    model.eval()
+    worst = 0.0
+    try:
+        pa = {k: v.to(device) for k, v in params_a.items()}
+        pb = {k: v.to(device) for k, v in params_b.items()}
+        with torch.no_grad():
+            for i in range(0, len(inputs), batch_size):
+                x = inputs[i:i + batch_size].to(device)
+                ya = torch.func.functional_call(model, pa, (x,))
+                yb = torch.func.functional_call(model, pb, (x,))
+                worst = max(worst, float((ya - yb).abs().max()))
+    finally:
+        model.train(was)
+    return worst
