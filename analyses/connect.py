@@ -287,7 +287,7 @@ def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None, bn
     model = build_run_model(runs[0])
     spec = infer_spec(model, example_input(runs[0].meta))
     data = load_run_data(runs[0])
-    rows, paths = [], {}
+    rows, paths, perms = [], {}, {}
     pairs = [(0, j) for j in range(1, len(runs))][:max_pairs]
     for i, j in pairs:
         for level in levels:
@@ -303,8 +303,11 @@ def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None, bn
                                     device=device)
                 # permutation found on the dense networks: a seed's units keep their identity
                 # across IMP levels (same init, same rewind point)
-                d0a, d0b = load_level(a, 0).final, load_level(b, 0).final
-                _, perm = align_params(model, spec, d0a, d0b, align, data, device=device)
+                if (i, j) not in perms:
+                    d0a, d0b = load_level(a, 0).final, load_level(b, 0).final
+                    perms[(i, j)] = align_params(model, spec, d0a, d0b, align, data,
+                                                 device=device)[1]
+                perm = perms[(i, j)]
                 from gauge.symmetry import apply_permutation
                 lb_al = apply_permutation(spec, perm, lb.final)
                 al = linear_path(model, la.final, lb_al, data, n_points=points, bn=bn,

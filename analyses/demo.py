@@ -27,7 +27,8 @@ from pathlib import Path
 
 from analyses.common import (UsageError, add_json_argument, emit_json, progress_enabled,
                              resolve_device)
-from analyses.report import add_report_arguments, build_report, print_summary
+from analyses.report import (add_report_arguments, build_report, check_analysis_names,
+                             print_summary, set_threads)
 
 HELP = "run the whole study on embedded MNIST-1D and write a report"
 
@@ -108,6 +109,7 @@ def run_demo(out: str | Path, *, quick: bool = False, device="cpu", progress: bo
     for parent in out.parents:
         if parent.exists() and not parent.is_dir():
             raise UsageError(f"{out}: cannot write the demo: {parent} is a file")
+    check_analysis_names(list(only or []) + list(skip or []))
     log = log or (lambda msg: None)
     p = plan(quick)
     data = load_dataset(p.dataset)
@@ -162,6 +164,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    set_threads(args.threads)
     device = resolve_device(args.device)
     t0 = time.perf_counter()
     verbose = not args.quiet and args.json != "-"

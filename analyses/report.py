@@ -761,6 +761,14 @@ def _level_notes(runs: Sequence[Run], primary: Sequence[Run]) -> list[dict]:
     return skipped
 
 
+def check_analysis_names(names: Sequence[str], analyses: Sequence[Analysis] = ANALYSES) -> None:
+    """``--only``/``--skip`` values must name analyses of the report."""
+    known = [a.name for a in analyses]
+    for n in names:
+        if n not in known:
+            raise UsageError(f"unknown analysis {n!r}; choose from {', '.join(known)}")
+
+
 def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, device="cpu",
                  only: Sequence[str] | None = None, skip: Sequence[str] = (),
                  options: Mapping[str, Any] | None = None, analyses: Sequence[Analysis] = ANALYSES,
@@ -779,10 +787,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, device=
     for parent in out_dir.parents:
         if parent.exists() and not parent.is_dir():
             raise UsageError(f"{out_dir}: cannot write the report: {parent} is a file")
-    names = [a.name for a in analyses]
-    for n in list(only or []) + list(skip):
-        if n not in names:
-            raise UsageError(f"unknown analysis {n!r}; choose from {', '.join(names)}")
+    check_analysis_names(list(only or []) + list(skip), analyses)
     log = log or (lambda msg: None)
     fig_dir = out_dir / "figures"
     primary = _primary(runs)
@@ -1045,7 +1050,19 @@ def add_report_arguments(parser) -> None:
     parser.add_argument("--skip", nargs="+", metavar="NAME", default=[],
                         help="leave these analyses out")
     add_device_argument(parser)
+    parser.add_argument("--threads", type=int, default=1, metavar="N",
+                        help="CPU threads for torch (default 1: small networks train fastest "
+                             "on one thread, and results are bit-identical between calls with "
+                             "the same N; raise it for big models)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, no summary")
+
+
+def set_threads(n: int) -> None:
+    """``--threads``: torch's intra-op CPU threads."""
+    if n < 1:
+        raise UsageError(f"--threads must be >= 1, got {n}")
+    import torch
+    torch.set_num_threads(n)
 
 
 def add_arguments(parser) -> None:
@@ -1057,6 +1074,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    set_threads(args.threads)
     device = resolve_device(args.device)
     t0 = time.perf_counter()
     verbose = not args.quiet and args.json != "-"

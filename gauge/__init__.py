@@ -7,6 +7,7 @@ the disk. It depends on torch, numpy, scipy and networkx only (never on ``ticket
 """
 
 from gauge.errors import GaugeError, MismatchError, SpecError, TraceError
+from gauge.match import MatchResult, activation_matching, align, weight_matching
 from gauge.spec import PermutationSpec, infer_spec
 from gauge.symmetry import (Permutation, apply_permutation, apply_rescaling, canonicalize_scale,
                             compose, function_distance, identity_permutation, invert,
@@ -16,7 +17,8 @@ __all__ = ["GaugeError", "MismatchError", "SpecError", "TraceError",
            "PermutationSpec", "infer_spec",
            "Permutation", "random_permutation", "identity_permutation", "apply_permutation",
            "invert", "compose", "random_scales", "random_rescaling", "apply_rescaling",
-           "canonicalize_scale", "function_distance"]
+           "canonicalize_scale", "function_distance",
+           "MatchResult", "weight_matching", "activation_matching", "align"]
 
 # flatness (issue 6)
 from gauge.errors import EmptyParamsError, FlatnessError, FlatnessOptionError, NonFiniteLossError  # noqa: E402

@@ -26,7 +26,8 @@ All measures take ``(model, params, data, loss_fn)``:
 
 Measures: the HVP operator :func:`hvp` (a ``scipy.sparse.linalg.LinearOperator`` computing
 float32 HVPs by double backprop while ARPACK keeps a float64 Lanczos basis), extreme
-eigenvalues :func:`hessian_eigenvalues` (implicitly restarted Lanczos, ``eigsh``), trace
+eigenvalues :func:`hessian_eigenvalues` (Lanczos with early stopping, then implicitly
+restarted Lanczos, ``eigsh``), trace
 :func:`hessian_trace` (Hutchinson 1989; Hutch++, Meyer et al. 2021), spectral density
 :func:`spectral_density` (stochastic Lanczos quadrature, Ghorbani et al. 2019), sharpness
 :func:`sharpness` (Andriushchenko et al. 2023) and :func:`epsilon_sharpness` (Keskar et al.
@@ -447,25 +448,94 @@ def _residuals(op: HessianOperator, values, vectors) -> np.ndarray:
     return np.asarray(res)
 
 
+def _wanted(theta: np.ndarray, k: int, which: str) -> np.ndarray:
+    m = len(theta)
+    if which == "LA":
+        return np.arange(max(0, m - k), m)
+    if which == "SA":
+        return np.arange(min(k, m))
+    return np.unique(np.r_[np.arange(min(k, m)), np.arange(max(0, m - k), m)])
+
+
+def _lanczos_extreme(op: "HessianOperator", k: int, which: str, tol: float, v0: np.ndarray,
+                     max_steps: int):
+    """Lanczos with full reorthogonalisation (float64 basis), stopped as soon as every wanted
+    Ritz value is accurate to ``tol`` relative.
+
+    After step ``j`` the Ritz pair ``(theta_i, V s_i)`` has residual norm
+    ``r_i = beta_j |s_i[-1]|`` and ``|theta_i - lambda| <= min(r_i, r_i^2 / gap_i)``
+    (Kato-Temple; Parlett 1998, ch. 11), with ``gap_i`` the distance to the nearest other
+    Ritz value. Returns ``(values, vectors, converged)``.
+    """
+    n = op.shape[0]
+    max_steps = min(max_steps, n)
+    basis = np.zeros((max_steps, n))
+    alpha, beta = [], []
+    v = v0 / np.linalg.norm(v0)
+    prev, b = np.zeros(n), 0.0
+    theta = s = prev_theta = None
+    for j in range(max_steps):
+        basis[j] = v
+        w = op.matvec(v)
+        a = float(w @ v)
+        w = w - a * v - b * prev
+        for _ in range(2):  # twice is enough (Parlett 1998) to keep the basis orthogonal
+            w -= basis[:j + 1].T @ (basis[:j + 1] @ w)
+        alpha.append(a)
+        b = float(np.linalg.norm(w))
+        theta, s = scipy.linalg.eigh_tridiagonal(np.asarray(alpha), np.asarray(beta))
+        idx = _wanted(theta, k, which)
+        n_want = 2 * k if which == "both" else k
+        invariant = b <= 1e-12 * max(1.0, float(np.abs(theta).max()))
+        if len(idx) >= n_want and len(theta) > n_want:
+            r = b * np.abs(s[-1, idx])
+            gap = np.array([np.min(np.abs(np.delete(theta, i) - theta[i])) for i in idx])
+            bound = np.minimum(r, r ** 2 / np.maximum(gap, 1e-300))
+            scale = tol * np.maximum(np.abs(theta[idx]), 1e-12)
+            # the Ritz gap can overstate the true gap while the spectrum is still unresolved:
+            # also require the wanted Ritz values to have stopped moving
+            still = prev_theta is not None and np.all(np.abs(theta[idx] - prev_theta) <= scale)
+            if invariant or (still and np.all(bound <= scale)):
+                return theta[idx], basis[:j + 1].T @ s[:, idx], True
+            prev_theta = theta[idx]
+        elif invariant:
+            return theta[idx], basis[:j + 1].T @ s[:, idx], True
+        if invariant:
+            break
+        beta.append(b)
+        prev, v = v, w / b
+    idx = _wanted(theta, k, which)
+    return theta[idx], basis[:len(alpha)].T @ s[:, idx], False
+
+
 def hessian_eigenvalues(model: nn.Module, params: Mapping[str, torch.Tensor], data,
                         loss_fn=None, *, k: int = 1, which: str = "LA", tol: float = 1e-6,
-                        ncv: int | None = None, maxiter: int | None = None, mask=None,
+                        method: str = "auto", max_steps: int = 80, ncv: int | None = None,
+                        maxiter: int | None = None, mask=None,
                         param_filter: ParamFilter | None = None, device="cpu", seed: int = 0,
                         batch_size=None, residuals: bool = True,
                         callback: Callable[[int], None] | None = None,
                         gauge_fixed: bool = False, spec=None, canon_kwargs=None):
     """The ``k`` largest (``which="LA"``), smallest (``"SA"``, negative curvature) or both
-    (``"both"``: ``k`` from each end, one Lanczos run) Hessian eigenvalues.
+    (``"both"``: ``k`` from each end) Hessian eigenvalues, to relative accuracy ``tol``.
 
-    Implicitly restarted Lanczos (ARPACK ``eigsh``; Lehoucq et al. 1998) on
-    :class:`HessianOperator` with a seeded start vector; ``tol`` is ARPACK's relative accuracy
-    of the Ritz values. With ``residuals=True`` one extra HVP per eigenpair measures
-    ``||Hv - lambda v|| / |lambda|`` (counted in ``n_hvp``). Small problems (``n <= 2k + 1``)
-    are solved densely from ``n`` HVPs. Returns :class:`EigResult` (or :class:`GaugeFixed`).
+    ``method="lanczos"``: Lanczos with full reorthogonalisation in float64, stopped after the
+    first step at which every wanted Ritz value is within ``tol`` (Kato-Temple bound); cheap
+    when the extreme eigenvalues are separated (the usual case for ``lambda_max``).
+    ``method="arpack"``: implicitly restarted Lanczos, ``scipy.sparse.linalg.eigsh`` (ARPACK;
+    Lehoucq et al. 1998), ``tol`` is ARPACK's, ``ncv``/``maxiter`` are passed through.
+    ``"auto"`` (default): for ``which="LA"`` Lanczos for up to ``max_steps`` HVPs, then ARPACK
+    restarted from the best Ritz vector; ARPACK for ``"SA"``/``"both"`` (the bottom of a
+    network's spectrum is a dense cluster around 0, where restarts pay off). Both start from the same seeded Gaussian vector. With ``residuals=True``
+    one extra HVP per eigenpair measures ``||Hv - lambda v|| / |lambda|`` (counted in
+    ``n_hvp``). Problems with ``n <= 8`` or ``n <= #wanted + 1`` are solved densely from ``n``
+    HVPs. Returns :class:`EigResult` (or :class:`GaugeFixed` of two).
     """
     if which not in ("LA", "SA", "both"):
         raise FlatnessOptionError(f"which must be 'LA', 'SA' or 'both', got {which!r}")
-    if not isinstance(k, (int, np.integer)) or k < 1:
+    if method not in ("auto", "lanczos", "arpack"):
+        raise FlatnessOptionError(f"method must be 'auto', 'lanczos' or 'arpack', got {method!r}")
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise FlatnessOptionError(f"k must be a positive integer, got {k!r}")
     if not tol >= 0:
         raise FlatnessOptionError(f"tol must be >= 0, got {tol}")
@@ -481,26 +551,32 @@ def hessian_eigenvalues(model: nn.Module, params: Mapping[str, torch.Tensor], da
         if n <= n_eig + 1 or n <= 8:
             h = op.matmat(np.eye(n))
             w, vecs = np.linalg.eigh((h + h.T) / 2)
-            idx = (np.arange(n - k, n) if which == "LA" else np.arange(k) if which == "SA"
-                   else np.r_[np.arange(k), np.arange(n - k, n)])
+            idx = _wanted(w, k, which)
             values, vectors = w[idx], vecs[:, idx]
         else:
             v0 = np.random.default_rng(seed).standard_normal(n)
-            arpack_which = {"LA": "LA", "SA": "SA", "both": "BE"}[which]
-            if ncv is None:
-                n_cv = min(n, max(2 * n_eig + 1, n_eig + 10))
-            else:
-                n_cv = ncv
-            try:
-                values, vectors = scipy.sparse.linalg.eigsh(
-                    op, k=n_eig, which=arpack_which, tol=tol, v0=v0, ncv=n_cv,
-                    maxiter=maxiter)
-            except scipy.sparse.linalg.ArpackNoConvergence as e:
-                raise FlatnessError(f"Lanczos did not converge to tol={tol} after "
-                                    f"{op.n_hvp} HVPs ({len(e.eigenvalues)} of {n_eig} "
-                                    f"eigenvalues); raise maxiter or tol") from e
+            done = False
+            # early-stopped Lanczos is reliable for the well separated top of the spectrum;
+            # the clustered bottom (near-zero/negative curvature) goes to ARPACK
+            if method == "lanczos" or (method == "auto" and which == "LA"):
+                values, vectors, done = _lanczos_extreme(op, k, which, max(tol, 1e-14), v0,
+                                                         max_steps if method == "auto" else n)
+                if not done:
+                    v0 = vectors.sum(axis=1) if vectors.size else v0
+            if not done:
+                arpack_which = {"LA": "LA", "SA": "SA", "both": "BE"}[which]
+                n_cv = ncv if ncv is not None else min(n, max(2 * n_eig + 1, n_eig + 10))
+                try:
+                    values, vectors = scipy.sparse.linalg.eigsh(
+                        op, k=n_eig, which=arpack_which, tol=tol, v0=v0, ncv=n_cv,
+                        maxiter=maxiter)
+                except scipy.sparse.linalg.ArpackNoConvergence as e:
+                    raise FlatnessError(f"Lanczos did not converge to tol={tol} after "
+                                        f"{op.n_hvp} HVPs ({len(e.eigenvalues)} of {n_eig} "
+                                        f"eigenvalues); raise maxiter or tol") from e
             order = np.argsort(values)
             values, vectors = values[order], vectors[:, order]
+        vectors = vectors / np.linalg.norm(vectors, axis=0, keepdims=True)
         res = _residuals(op, values, vectors) if residuals else np.full(len(values), np.nan)
         return EigResult(values=np.asarray(values), vectors=np.asarray(vectors),
                          n_hvp=op.n_hvp, residuals=res, n_params=n)

@@ -176,21 +176,30 @@ def random_rescaling(spec: PermutationSpec, params: Mapping[str, torch.Tensor], 
     return apply_rescaling(spec, random_scales(spec, seed, log_range), params)
 
 
-def _unit_sq_norms(spec, params, g, role):
-    """Per-unit squared norm of group ``g``'s producing (role 0) or consuming (role 1) slices."""
-    n = spec.sizes[g]
-    total = None
+def _members_by_role(spec, params, g):
+    """Producing (axis 0) and consuming (other axes) floating members of ``g`` in ``params``."""
+    prod, cons = [], []
     for k, ax in spec.perm_to_axes[g]:
-        if (ax == 0) != (role == 0) or k not in params:
-            continue
-        t = params[k]
-        if not t.dtype.is_floating_point:
-            continue
-        r, b = spec.layout(k, ax)
-        x = t.to(torch.float64).movedim(ax, 0)
-        x = x.reshape(r, n, b, -1).pow(2).sum(dim=(0, 2, 3))
+        if k in params and params[k].dtype.is_floating_point:
+            (prod if ax == 0 else cons).append((k, ax, spec.layout(k, ax)))
+    return prod, cons
+
+
+def _sq_norms(work, members, n):
+    total = None
+    for k, ax, (r, b) in members:
+        x = work[k].movedim(ax, 0).reshape(r, n, b, -1)
+        x = x.pow(2).sum(dim=(0, 2, 3))
         total = x if total is None else total + x
     return total
+
+
+def _scale_(work, members, s, n, inverse):
+    for k, ax, layout in members:
+        v = _expand_values(1.0 / s if inverse else s, layout)
+        shape = [1] * work[k].dim()
+        shape[ax] = -1
+        work[k].mul_(v.view(shape))
 
 
 def canonicalize_scale(spec: PermutationSpec, params: Mapping[str, torch.Tensor], *,
@@ -200,29 +209,29 @@ def canonicalize_scale(spec: PermutationSpec, params: Mapping[str, torch.Tensor]
 
     Each sweep balances every rescalable group in turn with ``s = (||out||^2/||in||^2)^(1/4)``
     per unit (units with a zero incoming or outgoing norm are left alone); sweeps stop when no
-    unit's ``|log s|`` exceeds ``tol`` or after ``max_iter`` sweeps.
+    unit's ``|log s|`` exceeds ``tol`` or after ``max_iter`` sweeps. Computed in float64.
     """
     spec.check_params(params)
-    groups = [g for g in spec.groups if g in spec.rescalable]
-    work = {k: (v.to(torch.float64) if v.dtype.is_floating_point else v)
-            for k, v in params.items()}
+    work = {k: v.to(torch.float64, copy=True) for k, v in params.items()
+            if v.dtype.is_floating_point}
+    plan = []
+    for g in spec.groups:
+        if g in spec.rescalable:
+            prod, cons = _members_by_role(spec, work, g)
+            if prod and cons:
+                plan.append((spec.sizes[g], prod, cons))
     for _ in range(max_iter):
         worst = 0.0
-        for g in groups:
-            a = _unit_sq_norms(spec, work, g, 0)
-            b = _unit_sq_norms(spec, work, g, 1)
-            if a is None or b is None:
-                continue
+        for n, prod, cons in plan:
+            a, b = _sq_norms(work, prod, n), _sq_norms(work, cons, n)
             ok = (a > 0) & (b > 0)
             s = torch.where(ok, (b / torch.where(ok, a, 1.0)) ** 0.25, torch.ones_like(a))
             worst = max(worst, float(s.log().abs().max()))
-            members = {k for k, _ in spec.perm_to_axes[g]}
-            work.update(apply_rescaling(spec, {g: s}, {k: work[k] for k in members
-                                                       if k in work}))
+            _scale_(work, prod, s, n, inverse=False)
+            _scale_(work, cons, s, n, inverse=True)
         if worst <= tol:
             break
-    return {k: work[k].to(v.dtype) if v.dtype.is_floating_point else v
-            for k, v in params.items()}
+    return {k: work[k].to(v.dtype) if k in work else v for k, v in params.items()}
 
 
 # --------------------------------------------------------------------------------------------

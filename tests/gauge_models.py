@@ -69,7 +69,7 @@ ZOO = {
     "vgg11_nobn": ("vgg11", (3, 32, 32), {"width": 0.125, "batchnorm": False}),
     "vgg16": ("vgg16", (3, 32, 32), {"width": 0.0625}),
     "resnet20": ("resnet20", (3, 8, 8), {}),
-    "resnet20_none": ("resnet20", (3, 8, 8), {"norm": "none"}),
+    "resnet20_none": ("resnet20", (3, 8, 8), {"norm": "none", "width": 0.5}),
     "resnet20_layernorm": ("resnet20", (3, 8, 8), {"norm": "layernorm"}),
     "cnn1d": ("cnn1d", (40,), {"channels": 8}),
     "cnn1d_bn": ("cnn1d", (40,), {"channels": 8, "batchnorm": True}),

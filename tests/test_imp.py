@@ -268,3 +268,22 @@ def test_cli_kill_mid_level_and_resume_bit_identical(tmp_path):
         pb, _ = load_checkpoint(run / k, check=False)
         assert pa.keys() == pb.keys()
         assert all(torch.equal(pa[t], pb[t]) for t in pa), k
+
+
+def test_default_pruning_follows_papers():
+    from tickets.imp import default_pruning
+    from tickets.models import build_model
+    mlp = default_pruning("mlp", ["fc1.weight", "fc2.weight", "fc3.weight"])
+    assert mlp == {"strategy": "layerwise", "fraction": 0.2,
+                   "layer_fractions": {"fc3.weight": 0.1}, "ignore": []}
+    assert default_pruning("mlp", ["fc1.weight", "fc3.weight"], 0.4)["layer_fractions"] == \
+        {"fc3.weight": 0.2}
+    assert default_pruning("mlp", ["fc1.weight", "fc3.weight"], strategy="global")[
+        "layer_fractions"] == {}
+    conv6 = build_model("conv6", num_classes=10, input_shape=(3, 8, 8))
+    d = default_pruning("conv6", P.prunable(conv6))
+    assert d["layer_fractions"]["conv1.weight"] == pytest.approx(0.15)
+    assert d["layer_fractions"][P.prunable(conv6)[-1]] == pytest.approx(0.1)
+    res = build_model("resnet20", num_classes=10, input_shape=(3, 8, 8))
+    d = default_pruning("resnet20", P.prunable(res))
+    assert d["strategy"] == "global" and d["ignore"] == ["fc.weight"]

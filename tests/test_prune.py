@@ -153,7 +153,8 @@ def test_check_mask_and_bad_fractions():
     params = _mlp().state_dict()
     names = ["fc1.weight", "fc2.weight", "fc3.weight"]
     m = P.full_mask(params, names)
-    assert P.check_mask(params, {k: v.float() for k, v in m.items()}, names=names)["fc1.weight"].dtype == torch.bool
+    checked = P.check_mask(params, {k: v.float() for k, v in m.items()}, names=names)
+    assert checked["fc1.weight"].dtype == torch.bool
     with pytest.raises(ModelError, match="fc3.weight"):
         P.check_mask(params, {k: v for k, v in m.items() if k != "fc3.weight"}, names=names)
     with pytest.raises(ModelError, match="fc1.bias"):

@@ -31,10 +31,16 @@ def _imp(out: Path, seed: int, *, optimizer="adam", rewind=0, levels=2,
 def make_runs(root: Path) -> list[Path]:
     """Two Adam seeds with both controls, SGD rewound to init and to iteration 5 (tiny MLP,
     30 iterations a level: seconds)."""
+    import torch
     root = Path(root)
-    return [_imp(root / "a0", 0), _imp(root / "a1", 1),
-            _imp(root / "sgd0", 0, optimizer="sgd", controls=("random_reinit",)),
-            _imp(root / "sgd5", 0, optimizer="sgd", rewind=5, controls=("random_reinit",))]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny networks: one thread is fastest, and never oversubscribes
+    try:
+        return [_imp(root / "a0", 0), _imp(root / "a1", 1),
+                _imp(root / "sgd0", 0, optimizer="sgd", controls=("random_reinit",)),
+                _imp(root / "sgd5", 0, optimizer="sgd", rewind=5, controls=("random_reinit",))]
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

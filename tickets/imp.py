@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -45,7 +45,7 @@ from torch import nn
 
 from tickets import prune as P
 from tickets.data import DataSplits
-from tickets.errors import CheckpointError, ConfigError, RunError, TicketsError
+from tickets.errors import CheckpointError, ConfigError, RunError
 from tickets.store import load_checkpoint, load_json, save_checkpoint, save_json, versions
 from tickets.train import TrainConfig, train
 
@@ -139,6 +139,15 @@ class RunInfo:
 
     def level_path(self, level: int, control: str | None = None) -> Path:
         return level_dir(self.path, level, control)
+
+    @property
+    def config(self) -> TrainConfig:
+        """The run's :class:`~tickets.train.TrainConfig` (from run.json)."""
+        return TrainConfig.from_dict(self.meta["train_config"])
+
+    @property
+    def rewind_iter(self) -> int:
+        return int(self.meta.get("rewind_iter", 0))
 
     def to_dict(self) -> dict:
         return {"path": str(self.path), "meta": self.meta, "levels": list(self.levels),

@@ -95,7 +95,6 @@ def table_regimes(runs: Path) -> str:
         f"ticket L{lv} %" for lv in show) + " | " + " | ".join(
         f"reinit L{lv} %" for lv in show) + " |",
         "|---|---:|---:|" + "---:|" * (2 * len(show))]
-    dens = statistics.mean(r[show[0]]["density"] for r in rows(runs, "adam"))
     for study, name, k in [("adam", "Adam 1e-3", 0), ("sgd_k0", "SGD 0.1, mom 0.9", 0),
                            (f"sgd_k{LATE_K}", "SGD 0.1, mom 0.9", LATE_K)]:
         ticket, reinit = rows(runs, study), rows(runs, study, "random_reinit")
@@ -103,9 +102,9 @@ def table_regimes(runs: Path) -> str:
         cells += [ms([r[lv]["test_acc"] for r in ticket if lv in r]) for lv in show]
         cells += [ms([r[lv]["test_acc"] for r in reinit if lv in r]) for lv in show]
         lines.append(f"| {name} | {k} | " + " | ".join(cells) + " |")
-    weights = ", ".join(f"L{lv} = {100 * statistics.mean(r[lv]['density'] for r in rows(runs, 'adam')):.1f}%"
+    adam = rows(runs, "adam")
+    weights = ", ".join(f"L{lv} = {100 * statistics.mean(r[lv]['density'] for r in adam):.1f}%"
                         for lv in show)
-    del dens
     return "\n".join(lines) + f"\n\nWeights remaining: {weights}."
 
 

@@ -1,0 +1,433 @@
+"""Alignment: the permutation that brings network B closest to network A.
+
+Weight matching (Ainsworth et al. 2022, "Git Re-Basin") maximises
+``J(P) = sum_k <W_k^A, P(W_k^B)>`` over the product of permutation groups of a
+:class:`~gauge.spec.PermutationSpec`. With every group but ``g`` held fixed, ``J`` is linear in
+``P_g``: ``J = const + sum_i C_g[i, P_g(i)]`` with ``C_g = sum_(k, axis in g) A_k B_k'^T`` (``A_k``,
+``B_k'`` the weights with the group's axis first and the other axes flattened, B's other axes
+already permuted). Each step therefore is a linear assignment problem (Kuhn 1955; solved with
+``scipy.optimize.linear_sum_assignment``); coordinate descent over the groups in random order
+stops when no group improves.
+
+Two things make this implementation fast and robust:
+
+* Every ``(param, axis)`` contribution ``A_k B_k'^T`` is cached; when a group's permutation
+  changes only the contributions of params touching it are recomputed, and a group whose
+  contributions did not change is not re-solved (its optimum cannot have moved).
+* A progressive start: instead of sweeping from the identity, groups are first solved in
+  order from the input side, each using only the terms whose other axes are unpermuted or
+  already solved. From the identity the plain loop stalls in a poor local optimum on wide
+  ResNets (planted permutations are not recovered); the progressive start recovers them.
+
+Activation matching (Li et al. 2015 "Convergent learning"; Jordan et al. 2022 "REPAIR") runs
+both networks on the same inputs, correlates (Pearson, streamed over batches) the features each
+group indexes at the inputs of the layers consuming it, and solves one assignment per group.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+from gauge.errors import MismatchError, SpecError
+from gauge.spec import PermutationSpec
+from gauge.symmetry import (Permutation, apply_permutation, check_permutation, expand_index,
+                            identity_permutation, random_permutation)
+
+__all__ = ["MatchResult", "weight_matching", "activation_matching", "align", "check_pair",
+           "matching_objective"]
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """Outcome of an alignment.
+
+    ``perm`` maps B into A's basis: ``apply_permutation(spec, perm, params_b)`` is B aligned to
+    A. For weight matching ``objective_before``/``objective_after`` are ``sum <W_A, P W_B>`` at the
+    identity and at ``perm``; for activation matching they are the mean correlation of matched
+    units. ``per_group`` holds each group's size, fixed points and solver statistics.
+    """
+
+    perm: Permutation
+    method: str
+    objective_before: float
+    objective_after: float
+    iterations: int
+    per_group: dict = field(default_factory=dict)
+    time: float = 0.0
+    converged: bool = True
+    restarts: int = 1
+
+    def to_dict(self, *, include_perm: bool = False) -> dict:
+        d = {"method": self.method, "objective_before": self.objective_before,
+             "objective_after": self.objective_after, "iterations": self.iterations,
+             "per_group": self.per_group, "time": self.time, "converged": self.converged,
+             "restarts": self.restarts}
+        if include_perm:
+            d["perm"] = {g: p.tolist() for g, p in self.perm.items()}
+        return d
+
+
+def check_pair(params_a: Mapping[str, torch.Tensor], params_b: Mapping[str, torch.Tensor],
+               names: tuple[str, str] = ("A", "B")) -> None:
+    """Raise :class:`MismatchError` naming the first key or shape where A and B differ."""
+    for k in params_a:
+        if k not in params_b:
+            raise MismatchError(f"{names[1]} has no {k!r}, which {names[0]} has: different "
+                                f"architectures")
+        if tuple(params_a[k].shape) != tuple(params_b[k].shape):
+            raise MismatchError(f"{k!r} has shape {tuple(params_a[k].shape)} in {names[0]} but "
+                                f"{tuple(params_b[k].shape)} in {names[1]}: different "
+                                f"architectures")
+    for k in params_b:
+        if k not in params_a:
+            raise MismatchError(f"{names[0]} has no {k!r}, which {names[1]} has: different "
+                                f"architectures")
+
+
+def matching_objective(params_a: Mapping[str, torch.Tensor],
+                       params_b: Mapping[str, torch.Tensor]) -> float:
+    """``sum_k <W_k^A, W_k^B>`` over floating tensors (per-tensor dot products, summed in
+    float64)."""
+    total = 0.0
+    for k, a in params_a.items():
+        if a.dtype.is_floating_point and a.numel():
+            b = params_b[k].to(a.device, a.dtype)
+            total += float(torch.dot(a.reshape(-1), b.reshape(-1)))
+    return total
+
+
+class _Term:
+    """One ``(param, axis)`` of a group: its cached contribution ``A B'^T`` to ``C_group``."""
+
+    __slots__ = ("key", "axis", "group", "n", "a_mat", "b_moved", "others", "deps", "value",
+                 "dirty", "numel")
+
+
+def _move(t: torch.Tensor, axis: int, n: int, layout: tuple[int, int]) -> torch.Tensor:
+    """``t`` with the group's units first: shape ``(n, repeat, block, *other axes)``."""
+    r, b = layout
+    x = t.movedim(axis, 0)
+    return x.reshape(r, n, b, *x.shape[1:]).transpose(0, 1)
+
+
+def _build_terms(spec, pa, pb, dtype):
+    terms: dict[str, list[_Term]] = {g: [] for g in spec.groups}
+    for k, groups in spec.axes.items():
+        if k not in pa or not pa[k].dtype.is_floating_point:
+            continue
+        for ax, g in enumerate(groups):
+            if g is None:
+                continue
+            t = _Term()
+            t.key, t.axis, t.group, t.n = k, ax, g, spec.sizes[g]
+            layout = spec.layout(k, ax)
+            t.a_mat = _move(pa[k].to(dtype), ax, t.n, layout).reshape(t.n, -1)
+            t.b_moved = _move(pb[k].to(dtype), ax, t.n, layout)
+            # other permuted axes: position in b_moved, group, layout
+            t.others = [(3 + (j if j < ax else j - 1), h, spec.layout(k, j))
+                        for j, h in enumerate(groups) if h is not None and j != ax]
+            t.deps = {h for _, h, _ in t.others}
+            t.value, t.dirty, t.numel = None, True, pa[k].numel()
+            terms[g].append(t)
+    return terms
+
+
+def _contribution(t: _Term, perm) -> torch.Tensor:
+    b = t.b_moved
+    for pos, h, layout in t.others:
+        b = b.index_select(pos, expand_index(perm[h], layout))
+    return (t.a_mat @ b.reshape(t.n, -1).T).to(torch.float64)
+
+
+def _lap(cost: torch.Tensor) -> torch.Tensor:
+    c = cost.detach().cpu().numpy()
+    if not np.isfinite(c).all():
+        raise MismatchError("non-finite weights: the matching cost is not finite")
+    rows, cols = linear_sum_assignment(c, maximize=True)
+    out = np.empty(len(rows), dtype=np.int64)
+    out[rows] = cols
+    return torch.from_numpy(out)
+
+
+def _descend(spec, terms, perm, order_rng, max_iter, progressive, stats, device):
+    """Coordinate descent from ``perm`` (optionally after a progressive start); returns
+    (perm, sweeps, converged)."""
+    groups = spec.groups
+    dependents: dict[str, list[_Term]] = {g: [] for g in groups}
+    for g in groups:
+        for t in terms[g]:
+            for h in t.deps:
+                dependents[h].append(t)
+    perm = {g: p.to(device) for g, p in perm.items()}
+
+    def cost(g, usable=None):
+        total = None
+        for t in terms[g]:
+            if usable is not None and not t.deps <= usable:
+                continue
+            if t.dirty or t.value is None:
+                t.value = _contribution(t, perm)
+                t.dirty = False
+            total = t.value if total is None else total + t.value
+        return total
+
+    def set_perm(g, p):
+        perm[g] = p.to(device)
+        for t in dependents[g]:
+            t.dirty = True
+            stale.add(t.group)
+
+    stale: set[str] = set(groups)
+    if progressive:
+        solved: set[str] = set()
+        remaining = list(groups)
+        while remaining:
+            best, best_score = None, -1.0
+            for g in remaining:
+                tot = sum(t.numel for t in terms[g]) or 1
+                score = sum(t.numel for t in terms[g] if t.deps <= solved) / tot
+                if score > best_score:
+                    best, best_score = g, score
+            g = best
+            c = cost(g, usable=solved if best_score > 0 else None)
+            if c is not None:
+                set_perm(g, _lap(c))
+                stats[g]["solves"] += 1
+            solved.add(g)
+            remaining.remove(g)
+        stale = set(groups)
+    sweeps, converged = 0, False
+    while sweeps < max_iter:
+        sweeps += 1
+        improved = False
+        for i in order_rng.permutation(len(groups)):
+            g = groups[i]
+            if g not in stale:
+                continue
+            stale.discard(g)
+            c = cost(g)
+            if c is None:
+                continue
+            new = _lap(c)
+            stats[g]["solves"] += 1
+            rows = torch.arange(len(new))
+            old_val = float(c[rows, perm[g].cpu()].sum())
+            new_val = float(c[rows, new].sum())
+            if new_val > old_val + 1e-9 * max(1.0, abs(old_val)) and \
+                    not torch.equal(new, perm[g].cpu()):
+                set_perm(g, new)
+                stale.discard(g)  # its own cost does not depend on itself
+                improved = True
+        if not improved or not stale:
+            converged = True
+            break
+    return {g: p.cpu() for g, p in perm.items()}, sweeps, converged
+
+
+def weight_matching(spec: PermutationSpec, params_a: Mapping[str, torch.Tensor],
+                    params_b: Mapping[str, torch.Tensor], *, max_iter: int = 100, seed: int = 0,
+                    init: Mapping[str, torch.Tensor] | None = None, restarts: int = 1,
+                    progressive: bool = True, device: str | torch.device | None = None,
+                    dtype: torch.dtype = torch.float32) -> MatchResult:
+    """Permutation of B maximising ``sum_k <W_k^A, P(W_k^B)>`` (Ainsworth et al. 2022).
+
+    Args:
+        spec: the permutation spec of both networks.
+        params_a, params_b: state_dicts of the same architecture (buffers included).
+        max_iter: most sweeps over the groups per restart.
+        seed: seed of the group order of the sweeps (and of the random restarts).
+        init: starting permutation (then no progressive start for the first restart).
+        restarts: restart 0 starts progressively (or from ``init``), the others from random
+            permutations; the best objective wins.
+        progressive: solve groups from the input side before sweeping (see module docstring).
+        device: where the cost matmuls run (default: params_a's device).
+        dtype: dtype of the matmuls (costs are summed in float64).
+
+    Raises :class:`MismatchError` for different architectures and :class:`SpecError` when the
+    spec does not cover the params.
+    """
+    t0 = time.perf_counter()
+    check_pair(params_a, params_b)
+    spec.check_params(params_a, "params_a")
+    if init is not None:
+        check_permutation(spec, init, "init")
+    if restarts < 1 or max_iter < 1:
+        raise SpecError("restarts and max_iter must be >= 1")
+    first = next(iter(params_a.values()), None)
+    device = torch.device(device) if device is not None else (
+        first.device if first is not None else torch.device("cpu"))
+    pa = {k: v.to(device) for k, v in params_a.items()}
+    pb = {k: v.to(device) for k, v in params_b.items()}
+    rng = np.random.default_rng(seed)
+    best = None
+    for r in range(restarts):
+        terms = _build_terms(spec, pa, pb, dtype)
+        stats = {g: {"size": spec.sizes[g], "solves": 0} for g in spec.groups}
+        if r == 0:
+            start = dict(identity_permutation(spec))
+            if init is not None:
+                start.update({g: p.long().cpu() for g, p in init.items()})
+            prog = progressive and init is None
+        else:
+            start, prog = random_permutation(spec, seed + 7919 * r), False
+        perm, sweeps, conv = _descend(spec, terms, start, rng, max_iter, prog, stats, device)
+        obj = matching_objective(pa, apply_permutation(spec, perm, pb))
+        if best is None or obj > best[0]:
+            best = (obj, perm, sweeps, conv, stats)
+    obj, perm, sweeps, conv, stats = best
+    for g, p in perm.items():
+        stats[g]["fixed_points"] = int((p == torch.arange(len(p))).sum())
+    before = matching_objective(pa, pb)
+    return MatchResult(perm=perm, method="weight", objective_before=before,
+                       objective_after=obj, iterations=sweeps, per_group=stats,
+                       time=time.perf_counter() - t0, converged=conv, restarts=restarts)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _consumers(model: nn.Module, spec: PermutationSpec):
+    """``group -> [(module_name, channel_dim, layout)]`` where the group's features enter a
+    Linear/Conv layer; producers' outputs are the fallback."""
+    modules = dict(model.named_modules())
+    found: dict[str, list] = {g: [] for g in spec.groups}
+    fallback: dict[str, list] = {g: [] for g in spec.groups}
+    for g in spec.groups:
+        for k, ax in spec.perm_to_axes[g]:
+            mname, _, pname = k.rpartition(".")
+            mod = modules.get(mname)
+            if pname != "weight" or not isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd)):
+                continue
+            channel = -1 if isinstance(mod, nn.Linear) else 1
+            if ax == 1:
+                found[g].append((mname, "in", channel, spec.layout(k, ax)))
+            elif ax == 0:
+                fallback[g].append((mname, "out", channel, spec.layout(k, ax)))
+    return {g: found[g] or fallback[g] for g in spec.groups}
+
+
+def _features(x: torch.Tensor, channel: int, n: int, layout) -> torch.Tensor:
+    r, b = layout
+    x = x.movedim(channel, -1)
+    x = x.reshape(-1, r, n, b).transpose(-1, -2).reshape(-1, n)
+    return x.to(torch.float64)
+
+
+def activation_matching(model: nn.Module, spec: PermutationSpec,
+                        params_a: Mapping[str, torch.Tensor],
+                        params_b: Mapping[str, torch.Tensor], inputs: torch.Tensor, *,
+                        batch_size: int = 256, device: str | torch.device | None = None,
+                        eps: float = 1e-8) -> MatchResult:
+    """One assignment per group maximising the Pearson correlation of matched features.
+
+    Features of a group are the inputs of the Linear/Conv layers consuming it (post-activation;
+    every spatial position is a sample), or the producing layers' outputs if none consumes it.
+    Statistics are streamed over ``inputs`` in batches of ``batch_size`` (eval mode). Groups
+    with no Linear/Conv member (e.g. attention heads) keep the identity
+    (``per_group[g]["skipped"]``).
+    """
+    t0 = time.perf_counter()
+    check_pair(params_a, params_b)
+    spec.check_params(params_a, "params_a")
+    if not isinstance(inputs, torch.Tensor) or len(inputs) == 0:
+        raise SpecError("activation matching needs a non-empty tensor of inputs")
+    device = torch.device(device) if device is not None else inputs.device
+    cons = _consumers(model, spec)
+    modules = dict(model.named_modules())
+    stats_acc: dict[str, dict] = {}
+    captured: dict[str, list] = {}
+    hooks = []
+
+    def make_hook(mname, where):
+        def hook(module, args, output=None):
+            captured.setdefault((mname, where), []).append(args[0] if where == "in" else output)
+        return hook
+
+    wanted = {(m, w) for g in spec.groups for m, w, _, _ in cons[g]}
+    for mname, where in wanted:
+        mod = modules[mname]
+        hooks.append(mod.register_forward_pre_hook(make_hook(mname, "in")) if where == "in"
+                     else mod.register_forward_hook(make_hook(mname, "out")))
+    was = model.training
+    model.eval()
+    pa = {k: v.to(device) for k, v in params_a.items()}
+    pb = {k: v.to(device) for k, v in params_b.items()}
+    try:
+        with torch.no_grad():
+            for i in range(0, len(inputs), batch_size):
+                x = inputs[i:i + batch_size].to(device)
+                side = {}
+                for name, p in (("a", pa), ("b", pb)):
+                    captured.clear()
+                    torch.func.functional_call(model, p, (x,))
+                    side[name] = dict(captured)
+                for g in spec.groups:
+                    n = spec.sizes[g]
+                    for mname, where, channel, layout in cons[g]:
+                        for fa, fb in zip(side["a"].get((mname, where), []),
+                                          side["b"].get((mname, where), [])):
+                            fa, fb = (_features(fa, channel, n, layout),
+                                      _features(fb, channel, n, layout))
+                            acc = stats_acc.setdefault(g, {"n": 0, "sa": 0, "sb": 0, "saa": 0,
+                                                           "sbb": 0, "sab": 0})
+                            acc["n"] += fa.shape[0]
+                            acc["sa"] = acc["sa"] + fa.sum(0)
+                            acc["sb"] = acc["sb"] + fb.sum(0)
+                            acc["saa"] = acc["saa"] + fa.pow(2).sum(0)
+                            acc["sbb"] = acc["sbb"] + fb.pow(2).sum(0)
+                            acc["sab"] = acc["sab"] + fa.T @ fb
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    perm, per_group, before, after = {}, {}, [], []
+    for g in spec.groups:
+        n = spec.sizes[g]
+        acc = stats_acc.get(g)
+        if acc is None:
+            perm[g] = torch.arange(n)
+            per_group[g] = {"size": n, "skipped": True, "fixed_points": n}
+            continue
+        m = acc["n"]
+        ma, mb = acc["sa"] / m, acc["sb"] / m
+        va = (acc["saa"] / m - ma.pow(2)).clamp_min(0).sqrt()
+        vb = (acc["sbb"] / m - mb.pow(2)).clamp_min(0).sqrt()
+        corr = (acc["sab"] / m - torch.outer(ma, mb)) / (torch.outer(va, vb) + eps)
+        p = _lap(corr)
+        perm[g] = p
+        rows = torch.arange(n)
+        cb, ca = float(corr.diagonal().mean()), float(corr[rows, p].mean())
+        before.append(cb)
+        after.append(ca)
+        per_group[g] = {"size": n, "skipped": False, "corr_before": cb, "corr_after": ca,
+                        "fixed_points": int((p == rows).sum())}
+    return MatchResult(perm=perm, method="activation",
+                       objective_before=float(np.mean(before)) if before else 0.0,
+                       objective_after=float(np.mean(after)) if after else 0.0,
+                       iterations=1, per_group=per_group, time=time.perf_counter() - t0)
+
+
+def align(model: nn.Module | None, spec: PermutationSpec, params_a: Mapping[str, torch.Tensor],
+          params_b: Mapping[str, torch.Tensor], method: str = "weight",
+          inputs: torch.Tensor | None = None, **kw) -> tuple[dict[str, torch.Tensor], MatchResult]:
+    """Align B to A: ``(apply_permutation(spec, result.perm, params_b), result)``.
+
+    ``method="weight"`` calls :func:`weight_matching` (``model`` unused), ``"activation"`` calls
+    :func:`activation_matching` on ``inputs``; ``kw`` goes to the matcher.
+    """
+    if method == "weight":
+        result = weight_matching(spec, params_a, params_b, **kw)
+    elif method == "activation":
+        if model is None or inputs is None:
+            raise SpecError("activation matching needs the model and inputs")
+        result = activation_matching(model, spec, params_a, params_b, inputs, **kw)
+    else:
+        raise SpecError(f"unknown alignment method {method!r}; use 'weight' or 'activation'")
+    return apply_permutation(spec, result.perm, params_b), result
