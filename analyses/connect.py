@@ -155,8 +155,6 @@ def _train_split_or_none(data, stats_samples):
 
 
 def run(args) -> int:
-    import torch
-
     from gauge.connect import linear_path
 
     check_points(args.points)
@@ -173,6 +171,13 @@ def run(args) -> int:
     model, pa, meta_a = load_checkpoint_for_cli(args.a)
     _, pb, meta_b = load_checkpoint_for_cli(args.b)
     same_architecture([meta_a, meta_b], [args.a, args.b])
+    if args.stats_samples is not None and args.stats_samples <= 0 and args.bn != "none":
+        import torch.nn as nn
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        if has_bn or args.bn == "repair":
+            raise UsageError(f"--stats-samples {args.stats_samples} leaves no training data, but "
+                             f"--bn {args.bn} measures statistics on training batches; use a "
+                             "positive --stats-samples or --bn none")
     data = _load_data(args.data or meta_a["dataset"], args.root, meta_a, args.a)
     path_data = _train_split_or_none(data, args.stats_samples)
     kw = dict(n_points=args.points, split=args.split, bn=args.bn, batch_size=args.batch_size,
@@ -266,8 +271,6 @@ def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None, bn
     """Naive and aligned barriers between the final weights of seeds ``(0, 1), (0, 2), ...``
     (at most ``max_pairs`` pairs) at every level in ``levels`` (default: the levels all runs
     have). Each (pair, level) is cached in ``RUN_A/analyses/connect-<key>.json``."""
-    import torch
-
     from gauge.connect import PathResult, linear_path
     from gauge.spec import infer_spec
     from tickets.imp import build_run_model, load_level, load_run_data, open_run

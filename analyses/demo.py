@@ -20,6 +20,7 @@ resumes: finished levels and cached analyses are read back. --quick runs a small
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -74,7 +75,7 @@ class DemoPlan:
 
 def plan(quick: bool = False) -> DemoPlan:
     """The demo's runs: 3 Adam seeds with both controls, then SGD rewound to init and late."""
-    base = (DemoPlan(epochs=6, levels=2, fraction=0.5, late_rewind=20) if quick
+    base = (DemoPlan(epochs=4, levels=2, fraction=0.5, late_rewind=20) if quick
             else DemoPlan())
     runs = [DemoRun(f"adam_seed{s}", s, "adam", 0, ("random_reinit", "random_prune"))
             for s in range(3)]
@@ -92,15 +93,60 @@ def _config(p: DemoPlan, run: DemoRun):
     return cfg
 
 
+def _imp_task(task: dict, on_level=None) -> str:
+    """One IMP run of the demo (also the body of a worker process)."""
+    from tickets.data import load_dataset
+    from tickets.imp import run_imp
+    from tickets.train import TrainConfig
+    data = load_dataset(task["dataset"])
+    run_imp(task["model"], data, TrainConfig.from_dict(task["cfg"]), levels=task["levels"],
+            fraction=task["fraction"], rewind_iter=task["rewind_iter"], seed=task["seed"],
+            out_dir=task["out_dir"], control=task["control"], device=task["device"],
+            progress=False, on_level=on_level)
+    return task["out_dir"]
+
+
+def _worker(task: dict) -> str:
+    import torch
+    torch.set_num_threads(1)  # one core per process: the small MLP gains nothing from more
+    return _imp_task(task)
+
+
+def _completed_trainings(out_dir: str) -> int:
+    return sum(1 for _ in Path(out_dir).glob("**/level_*/metrics.json"))
+
+
+def _run_parallel(tasks: list[dict], jobs: int, bar, log) -> None:
+    """IMP runs in ``jobs`` worker processes (spawned: no forked torch state); the progress bar
+    counts the levels completed on disk."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_worker, t): t for t in tasks}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
+            if bar is not None:
+                bar.n = sum(_completed_trainings(t["out_dir"]) for t in tasks)
+                bar.refresh()
+            for f in done:
+                f.result()  # re-raises a worker's error (a TicketsError stays one line)
+                log(f"IMP {Path(futures[f]['out_dir']).name}: done")
+
+
+def torch_device(device):
+    import torch
+    return torch.device(device)
+
+
 def run_demo(out: str | Path, *, quick: bool = False, device="cpu", progress: bool = False,
-             log=None, only=None, skip=()):
+             log=None, only=None, skip=(), jobs: int = 1):
     """Run the demo's IMP runs into ``out/runs`` and build the report in ``out``.
 
     Returns ``(ReportResult, timings)``; ``timings`` has the seconds spent in IMP and in the
     analyses.
     """
     from tickets.data import load_dataset
-    from tickets.imp import run_imp
     from tickets.store import save_json, versions
 
     out = Path(out)
@@ -115,39 +161,41 @@ def run_demo(out: str | Path, *, quick: bool = False, device="cpu", progress: bo
     data = load_dataset(p.dataset)
     n_train = len(data.train)
     total_trainings = sum(1 + p.levels * (1 + len(r.controls)) for r in p.runs)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total_trainings, desc="IMP", unit="train", dynamic_ncols=True)
-    t0 = time.perf_counter()
-    run_dirs = []
+    tasks = []
     for r in p.runs:
         cfg = _config(p, r)
         if r.rewind_iter >= cfg.total_iters(n_train):
             raise UsageError(f"late rewind {r.rewind_iter} is beyond training "
                              f"({cfg.total_iters(n_train)} iterations)")
-        path = out / "runs" / r.name
-        log(f"IMP {r.name}: {r.optimizer}, rewind to iteration {r.rewind_iter}, {p.levels} "
-            f"levels, controls {', '.join(r.controls)}")
+        tasks.append(dict(model=p.model, dataset=p.dataset, cfg=cfg.to_dict(), levels=p.levels,
+                          fraction=p.fraction, rewind_iter=r.rewind_iter, seed=r.seed,
+                          out_dir=str(out / "runs" / r.name), control=list(r.controls),
+                          device=str(device)))
+    run_dirs = [Path(t["out_dir"]) for t in tasks]
+    jobs = max(1, min(jobs, len(tasks))) if torch_device(device).type == "cpu" else 1
+    log(f"IMP: {len(tasks)} runs ({total_trainings} trainings of {p.epochs:g} epochs) on "
+        f"{jobs} process(es)")
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total_trainings, desc="IMP", unit="train", dynamic_ncols=True)
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        if jobs == 1:
+            for t in tasks:
+                log(f"IMP {Path(t['out_dir']).name}")
+                _imp_task(t, on_level=(lambda row: bar.update(1)) if bar is not None else None)
+        else:
+            _run_parallel(tasks, jobs, bar, log)
+    finally:
         if bar is not None:
-            bar.set_postfix_str(r.name)
-
-        def on_level(row, _bar=bar):
-            if _bar is not None:
-                _bar.update(1)
-
-        run_imp(p.model, data, cfg, levels=p.levels, fraction=p.fraction,
-                rewind_iter=r.rewind_iter, seed=r.seed, out_dir=path, control=list(r.controls),
-                device=device, progress=False, on_level=on_level)
-        run_dirs.append(path)
-    if bar is not None:
-        bar.close()
+            bar.close()
     t_imp = time.perf_counter() - t0
-    log(f"IMP done in {t_imp:.1f}s; analyses")
+    log(f"IMP done in {t_imp:.1f}s ({time.process_time() - c0:.1f}s CPU); analyses")
     t1 = time.perf_counter()
     report = build_report(run_dirs, out, device=device, progress=progress, log=log, only=only,
-                          skip=skip)
-    timings = {"imp_s": t_imp, "analyses_s": time.perf_counter() - t1,
+                          skip=skip, quick=quick)
+    timings = {"imp_s": t_imp, "imp_jobs": jobs, "analyses_s": time.perf_counter() - t1,
                "per_analysis_s": report.seconds}
     save_json(out / "demo.json", {"quick": quick, "plan": p.to_dict(), "timings": timings,
                                   "device": str(device), "versions": versions()})
@@ -157,9 +205,11 @@ def run_demo(out: str | Path, *, quick: bool = False, device="cpu", progress: bo
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="gauge-demo", metavar="DIR",
                         help="output folder (default: ./gauge-demo); run again to resume")
-    parser.add_argument("--quick", action="store_true",
-                        help="small version (fewer epochs and levels), about a minute")
-    add_report_arguments(parser)
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="IMP runs in parallel, one CPU core each (default: 2 when the "
+                             "machine has 2 or more cores, else 1)")
+    add_report_arguments(parser, quick_help="small version for CI and a first look: fewer "
+                         "epochs and levels, cheaper analyses (about a minute on 2 cores)")
     add_json_argument(parser)
 
 
@@ -169,9 +219,12 @@ def run(args) -> int:
     t0 = time.perf_counter()
     verbose = not args.quiet and args.json != "-"
     log = (lambda m: print(m, file=sys.stderr)) if verbose else None
+    jobs = args.jobs if args.jobs is not None else min(2, os.cpu_count() or 1)
+    if jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {jobs}")
     report, timings = run_demo(args.out, quick=args.quick, device=device,
                                progress=progress_enabled(args), log=log, only=args.only,
-                               skip=args.skip)
+                               skip=args.skip, jobs=jobs)
     if verbose:
         print_summary(report.results)
         print(f"demo: IMP {timings['imp_s']:.0f}s, analyses {timings['analyses_s']:.0f}s, total "

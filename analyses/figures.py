@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from tickets.store import atomic_write_bytes  # noqa: E402
 
-__all__ = ["PALETTE", "COLORS", "style", "new_figure", "save_figure"]
+__all__ = ["PALETTE", "COLORS", "style", "new_figure", "save_figure", "weights_remaining_axis"]
 
 #: Okabe-Ito palette, in the order lines are drawn.
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442",
@@ -65,3 +65,23 @@ def save_figure(fig, stem: str | os.PathLike, formats=("png", "pdf")) -> list[Pa
             paths.append(path)
     plt.close(fig)
     return paths
+
+
+def weights_remaining_axis(ax, label: str = "weights remaining (%)", max_ticks: int = 7) -> None:
+    """Log-x axis of the percentage of weights remaining, dense (100 %) on the left as in the
+    lottery-ticket papers (Frankle & Carbin 2019), with ticks at the measured levels (read from
+    the lines already drawn, thinned to ``max_ticks``). Call it after plotting the data."""
+    import math
+
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+    xs = sorted({round(float(x), 3) for line in ax.get_lines() for x in line.get_xdata()
+                 if x > 0}, reverse=True)
+    ax.set_xscale("log")
+    if xs:
+        step = max(1, math.ceil(len(xs) / max_ticks))
+        ax.xaxis.set_major_locator(FixedLocator(xs[::step]))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if not ax.xaxis_inverted():
+        ax.invert_xaxis()
+    ax.set_xlabel(label)

@@ -47,7 +47,7 @@ __all__ = ["Run", "open_runs", "build_report", "ReportResult", "ANALYSES", "rend
            "format_table"]
 
 #: Cache format of the analyses this module computes itself; bump to invalidate old caches.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,7 +320,7 @@ def _pct(x):
 
 def _plot_curves(ax, curves: Mapping[str, list], *, dense: float | None = None,
                  linestyles=None):
-    from analyses.figures import COLORS
+    from analyses.figures import COLORS, weights_remaining_axis
     for kind, curve in curves.items():
         pts = [r for r in curve if r["weights_remaining"]]
         if not pts:
@@ -335,28 +335,11 @@ def _plot_curves(ax, curves: Mapping[str, list], *, dense: float | None = None,
         if any(v > 0 for v in s):
             ax.fill_between(x, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)],
                             color=color, alpha=0.2, linewidth=0)
-    _log_x_percent(ax)
+    weights_remaining_axis(ax)
     if dense is not None:
         ax.axhline(100 * dense, color=COLORS["dense"], linestyle=":", linewidth=1,
                    label="dense")
     ax.set_ylabel("test accuracy (%)")
-
-
-def _log_x_percent(ax, label: str = "weights remaining (%)", max_ticks: int = 7) -> None:
-    """Log-x axis of weights remaining, densest on the left (as in the LTH papers); ticks at
-    the measured levels (thinned to ``max_ticks``)."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
-    xs = sorted({round(float(x), 3) for line in ax.get_lines() for x in line.get_xdata()
-                 if x > 0}, reverse=True)
-    ax.set_xscale("log")
-    step = max(1, math.ceil(len(xs) / max_ticks))
-    ticks = xs[::step]
-    ax.xaxis.set_major_locator(FixedLocator(ticks))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    if not ax.xaxis_inverted():
-        ax.invert_xaxis()
-    ax.set_xlabel(label)
 
 
 def plot_sparsity(result: SparsityResult, out_dir: Path) -> list[Path]:
@@ -525,17 +508,20 @@ def compute_permutation(runs: Sequence[Run], *, level: int = 0, device="cpu") ->
     spec = infer_spec(model, x)
     match = weight_matching(spec, pa, pb, seed=0)
     aligned = apply_permutation(spec, match.perm, pb)
-    # the largest group whose units are rows of a 2-D weight: an MLP hidden layer is clearest
+    # the smallest hidden layer with at least 8 units: a permutation of a few dozen units is
+    # readable as an image, one of hundreds is not
     best = None
     for group, members in spec.perm_to_axes.items():
         for name, axis in members:
             if axis == 0 and pa[name].ndim >= 2 and name.endswith("weight"):
                 size = pa[name].shape[0]
-                if best is None or size > best[2] or (size == best[2] and name < best[1]):
-                    best = (group, name, size)
+                rank = (size < 8, size, name)
+                if best is None or rank < best[0]:
+                    best = (rank, group, name)
     if best is None:
         raise _Skip("the model has no permutable weight matrix")
-    group, name, _ = best
+    best = best[1:]
+    group, name = best
 
     def cos(u, v):
         u = u.reshape(u.shape[0], -1).double()
@@ -568,22 +554,31 @@ def plot_permutation(result: PermutationResult, out_dir: Path) -> list[Path]:
     import numpy as np
     from analyses.figures import new_figure, save_figure, style
     n = len(result.perm)
-    pmat = np.zeros((n, n))
-    pmat[np.arange(n), result.perm] = 1
+    naive, aligned = np.asarray(result.corr_naive), np.asarray(result.corr_aligned)
+    # a colour scale set by the aligned similarities: trained units are far from identical, and
+    # a +-1 scale would wash the diagonal out
+    vlim = float(max(0.1, np.percentile(np.abs(aligned), 99.5)))
     with style():
         fig, axes = new_figure(ncols=3, width=2.6, height=2.6)
-        panels = [(np.asarray(result.corr_naive), "before: cos(A unit i, B unit j)", "RdBu_r"),
-                  (pmat, f"permutation found ({result.fixed_points}/{n} fixed)", "Greys"),
-                  (np.asarray(result.corr_aligned), "after aligning B to A", "RdBu_r")]
-        for ax, (mat, title, cmap) in zip(axes[0], panels):
-            kw = {"vmin": -1, "vmax": 1} if cmap == "RdBu_r" else {"vmin": 0, "vmax": 1}
-            im = ax.imshow(mat, cmap=cmap, interpolation="nearest", **kw)
+        for ax, mat, title in ((axes[0, 0], naive, "before: cos(unit i of A, unit j of B)"),
+                               (axes[0, 2], aligned, "after aligning B to A")):
+            im = ax.imshow(mat, cmap="RdBu_r", vmin=-vlim, vmax=vlim, interpolation="nearest")
             ax.set_title(title, fontsize=8)
+        ax = axes[0, 1]
+        ax.scatter(result.perm, np.arange(n), s=max(1.0, 600 / n), marker="s", color="black",
+                   linewidths=0)
+        ax.set_xlim(-0.5, n - 0.5)
+        ax.set_ylim(n - 0.5, -0.5)
+        ax.set_aspect("equal")
+        ax.set_title(f"permutation found ({result.fixed_points}/{n} fixed)", fontsize=8)
+        for ax in axes[0]:
             ax.set_xlabel("unit j of B")
             ax.set_ylabel("unit i of A")
             ax.grid(False)
-        fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label="cosine similarity")
-        fig.suptitle(f"{result.layer} (level {result.level}): weight matching between seeds",
+        fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label="cosine similarity of incoming "
+                     "weights")
+        fig.suptitle(f"{result.layer} (level {result.level}): weight matching between seeds; "
+                     f"mean diagonal {result.diag_naive:.2f} -> {result.diag_aligned:.2f}",
                      fontsize=9)
     return save_figure(fig, Path(out_dir) / "permutation_matrix")
 
@@ -643,10 +638,19 @@ ANALYSES: tuple[Analysis, ...] = (
              "Weight matching between seeds (Ainsworth et al. 2023).", module="analyses.align",
              min_runs=2),
     Analysis("permutation", "The permutation found",
-             "Weight matching between the first two seeds' dense networks, for the largest "
+             "Weight matching between the first two seeds' dense networks, for the smallest "
              "hidden layer: unit similarity before and after alignment and the permutation.",
              compute=compute_permutation, plot=plot_permutation, min_runs=2),
 )
+
+
+#: ``--quick``: cheaper settings of the expensive analyses (for CI and first looks). The
+#: demo's ``--quick`` uses them, so ``gauge report --quick`` reproduces its numbers.
+QUICK_OPTIONS: dict[str, dict[str, Any]] = {
+    "flatness": {"subset": 256, "trace_samples": 6, "sharpness_steps": 3},
+    "instability": {"rewind_iters": (0, 40), "points": 5},
+    "connect": {"points": 5},
+}
 
 
 def _call(fn: Callable, *args, **options):
@@ -771,14 +775,18 @@ def check_analysis_names(names: Sequence[str], analyses: Sequence[Analysis] = AN
 
 def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, device="cpu",
                  only: Sequence[str] | None = None, skip: Sequence[str] = (),
-                 options: Mapping[str, Any] | None = None, analyses: Sequence[Analysis] = ANALYSES,
+                 quick: bool = False, options: Mapping[str, Mapping[str, Any]] | None = None,
+                 analyses: Sequence[Analysis] = ANALYSES,
                  progress: bool = False, log: Callable[[str], None] | None = None) -> ReportResult:
     """Compose every available analysis over ``run_dirs`` and write the report to ``out_dir``.
 
     Writes ``out_dir/report.html``, ``out_dir/results.json`` and ``out_dir/figures/``. Every
     analysis that cannot run is recorded under ``results["skipped"]`` with the reason; the
-    others are still written. ``options`` are passed to each analysis' ``compute`` when its
-    signature accepts them (``device``, ``levels``, ``progress`` always are offered).
+    others are still written. Each analysis' ``compute`` gets the options its signature
+    accepts among ``device``, ``levels`` (the levels common to the runs), ``progress`` and
+    ``options[name]`` (with ``quick``: :data:`QUICK_OPTIONS` first). The options used are
+    recorded in ``results["options"]``: the same options on the same runs give the same
+    numbers.
     """
     runs = open_runs(run_dirs)
     out_dir = Path(out_dir)
@@ -793,17 +801,20 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, device=
     primary = _primary(runs)
     common = sorted(set.intersection(*(set(r.levels) for r in primary))) if primary else []
     base_options = {"device": device, "levels": common, "progress": progress}
-    base_options.update(options or {})
+    from analyses.figures import style
+    per_analysis: dict[str, dict] = {}
+    for source in ((QUICK_OPTIONS if quick else {}), options or {}):
+        for name, opts in source.items():
+            per_analysis.setdefault(name, {}).update(opts)
 
     results: dict[str, Any] = {}
     figures: dict[str, list[str]] = {}
     tables: dict[str, list[dict] | None] = {}
     skipped = _level_notes(runs, primary)
     seconds: dict[str, float] = {}
-    for a in analyses:
-        if (only and a.name not in only) or a.name in skip:
-            continue
-        t0 = time.perf_counter()
+
+    def run_one(a: Analysis) -> None:
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             # the optimizer story compares configurations; everything else one configuration
             scope = [r for r in runs if r.levels] if a.name == "optimizer" else primary
@@ -817,10 +828,11 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, device=
                             f"{common}")
             compute, plot = _load_analysis(a)
             log(f"{a.name}: computing")
+            opts = {**base_options, **per_analysis.get(a.name, {})}
             if a.module is None:
-                result = _call(compute, scope, **base_options)
+                result = _call(compute, scope, **opts)
             else:
-                result = _call(compute, [r.path for r in scope], **base_options)
+                result = _call(compute, [r.path for r in scope], **opts)
             results[a.name] = _to_dict(result)
             tables[a.name] = _table(result, a.module)
             paths = []
@@ -841,12 +853,20 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, device=
             skipped.append({"analysis": a.name, "runs": [],
                             "reason": f"failed: {type(e).__name__}: {_first_line(e)}"})
         seconds[a.name] = time.perf_counter() - t0
-        log(f"{a.name}: {seconds[a.name]:.1f}s")
+        log(f"{a.name}: {seconds[a.name]:.1f}s ({time.process_time() - c0:.1f}s CPU)")
+
+    for a in analyses:
+        if (only and a.name not in only) or a.name in skip:
+            continue
+        with style():  # every module's artists in the house style, not only its axes
+            run_one(a)
 
     report = {
         "runs": [r.to_dict() for r in runs],
         "primary_group": primary[0].group if primary else None,
         "common_levels": common,
+        "quick": bool(quick),
+        "options": per_analysis,
         "analyses": results,
         "figures": figures,
         "skipped": skipped,
@@ -868,7 +888,8 @@ body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max
 margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:.2em;
 margin-top:2em}h3{font-size:1.05em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.85em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.85em;display:block;overflow-x:auto;
+max-width:100%}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
@@ -935,8 +956,12 @@ def _generic_tables(obj, title: str = "", depth: int = 0) -> str:
 
 
 def _img(path: Path, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f"<figure><img alt='{_esc(alt)}' src='data:image/png;base64,{data}'>"
+    raw = path.read_bytes()
+    data = base64.b64encode(raw).decode("ascii")
+    # figures are saved at 200 dpi: show them at half their pixel width (about 100 dpi)
+    width = int.from_bytes(raw[16:20], "big") // 2 if raw[:8] == b"\x89PNG\r\n\x1a\n" else 0
+    size = f" width='{width}'" if width else ""
+    return (f"<figure><img alt='{_esc(alt)}'{size} src='data:image/png;base64,{data}'>"
             f"<figcaption>{_esc(path.name)} (PDF next to it)</figcaption></figure>")
 
 
@@ -960,7 +985,7 @@ def render_html(report: Mapping, out_dir: Path, *, tables: Mapping | None = None
                                                       for k, v in r["controls"].items()) or "-"}
                                for r in runs]))
     skipped = report.get("skipped", [])
-    parts.append("<h2 id='skipped'>Skipped analyses</h2>")
+    parts.append("<h2 id='skipped'>Skipped analyses and notes</h2>")
     if skipped:
         parts.append("<ul class='skip'>" + "".join(
             f"<li><b>{_esc(s['analysis'])}</b>: {_esc(s['reason'])}</li>" for s in skipped)
@@ -1017,12 +1042,92 @@ def summary_rows(report: Mapping) -> list[tuple[str, str, str]]:
     for name, value in res.items():
         if name in ("sparsity", "optimizer"):
             continue
-        for k, v in (value.items() if isinstance(value, Mapping) else []):
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and len(rows) < 60:
-                rows.append((name, k, _fmt(float(v))))
+        try:
+            extra = _SUMMARY[name](value) if name in _SUMMARY else _generic_summary(value)
+        except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError):
+            extra = _generic_summary(value)
+        rows += [(name, q, v) for q, v in extra]
     for s in report.get("skipped", []):
         rows.append((s["analysis"], "skipped", s["reason"][:90]))
     return rows
+
+
+def _mean(values) -> float:
+    values = [float(v) for v in values if v is not None]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _by_level(rows, key):
+    out: dict[int, list] = {}
+    for r in rows:
+        out.setdefault(int(r["level"]), []).append(r.get(key))
+    return {lv: _mean(v) for lv, v in sorted(out.items())}
+
+
+def _ends(d: Mapping[int, Any]) -> list[int]:
+    keys = sorted(d)
+    return keys[:1] + keys[-1:] if len(keys) > 1 else keys
+
+
+def _summary_connect(v) -> list[tuple[str, str]]:
+    rows = v["rows"]
+    dens = _by_level(rows, "density")
+    out = []
+    for kind in ("loss", "error"):
+        naive, al = _by_level(rows, f"naive_{kind}_barrier"), _by_level(rows, f"aligned_{kind}_barrier")
+        for lv in _ends(naive):
+            out.append((f"{kind} barrier naive -> aligned, {_pct(dens[lv])}% weights",
+                        f"{naive[lv]:.3f} -> {al[lv]:.3f}"))
+    return out
+
+
+def _summary_instability(v) -> list[tuple[str, str]]:
+    out = []
+    for r in v.get("table", []):
+        parts = [f"{k.replace('_error_barrier', '')} {100 * x:.1f}" for k, x in r.items()
+                 if k.endswith("_error_barrier") and x is not None]
+        out.append((f"error barrier (%) rewinding to iter {r['rewind_iter']}", ", ".join(parts)))
+    return out
+
+
+def _summary_overlap(v) -> list[tuple[str, str]]:
+    t = v["table"][-1]
+    return [(f"Jaccard raw / aligned / chance, {_pct(t['density'])}% weights",
+             f"{t['jaccard_raw']:.3f} / {t['jaccard_aligned']:.3f} / {t['jaccard_chance']:.3f}")]
+
+
+def _summary_transfer(v) -> list[tuple[str, str]]:
+    accs = ", ".join(f"{r['mask']} {100 * r['test_acc']:.1f}" for r in v["rows"]
+                     if r.get("test_acc") is not None)
+    return [(f"test acc % by mask, {_pct(v['density'])}% weights", accs)]
+
+
+def _summary_flatness(v) -> list[tuple[str, str]]:
+    rows = [r for r in v["rows"] if r.get("control") is None]
+    dens = _by_level(rows, "density")
+    raw, gf = _by_level(rows, "top_eig_raw"), _by_level(rows, "top_eig_gauge_fixed")
+    sh = _by_level(rows, "sharpness_adaptive")
+    out = []
+    for lv in _ends(raw):
+        out.append((f"top eigenvalue raw / gauge-fixed, {_pct(dens[lv])}% weights",
+                    f"{raw[lv]:.3g} / {gf[lv]:.3g}"))
+        out.append((f"adaptive sharpness, {_pct(dens[lv])}% weights", f"{sh[lv]:.3g}"))
+    return out
+
+
+def _summary_permutation(v) -> list[tuple[str, str]]:
+    return [(f"{v['layer']}: mean unit cosine naive -> aligned",
+             f"{v['diag_naive']:.3f} -> {v['diag_aligned']:.3f}")]
+
+
+def _generic_summary(value) -> list[tuple[str, str]]:
+    return [(k, _fmt(float(v))) for k, v in (value.items() if isinstance(value, Mapping) else [])
+            if isinstance(v, (int, float)) and not isinstance(v, bool)][:6]
+
+
+_SUMMARY = {"connect": _summary_connect, "instability": _summary_instability,
+            "overlap": _summary_overlap, "transfer": _summary_transfer,
+            "flatness": _summary_flatness, "permutation": _summary_permutation}
 
 
 def print_summary(report: Mapping, file=None) -> None:
@@ -1042,13 +1147,17 @@ def print_summary(report: Mapping, file=None) -> None:
 # CLI
 
 
-def add_report_arguments(parser) -> None:
+def add_report_arguments(parser, quick_help: str | None = None) -> None:
     """Options shared by ``gauge report`` and ``gauge demo``."""
     names = [a.name for a in ANALYSES]
     parser.add_argument("--only", nargs="+", metavar="NAME", default=None,
                         help=f"run only these analyses ({', '.join(names)})")
     parser.add_argument("--skip", nargs="+", metavar="NAME", default=[],
                         help="leave these analyses out")
+    parser.add_argument("--quick", action="store_true",
+                        help=quick_help or "cheaper settings of the expensive analyses (fewer "
+                             "Hessian-vector products, rewind points and path points), as "
+                             "gauge demo --quick uses")
     add_device_argument(parser)
     parser.add_argument("--threads", type=int, default=1, metavar="N",
                         help="CPU threads for torch (default 1: small networks train fastest "
@@ -1079,7 +1188,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     verbose = not args.quiet and args.json != "-"
     result = build_report(args.runs, args.out, device=device, only=args.only, skip=args.skip,
-                          progress=progress_enabled(args),
+                          quick=args.quick, progress=progress_enabled(args),
                           log=(lambda m: print(m, file=sys.stderr)) if verbose else None)
     if verbose:
         print_summary(result.results)

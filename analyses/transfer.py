@@ -73,8 +73,6 @@ class TransferResult:
 def transfer(run_a, run_b, level: int, *, align: str = "weight", seed: int = 0, device="cpu"
              ) -> TransferResult:
     """The computation behind ``gauge transfer`` (runs: paths or ``RunInfo``)."""
-    import torch
-
     from gauge.overlap import mask_overlap
     from gauge.spec import infer_spec
     from gauge.symmetry import apply_permutation, invert

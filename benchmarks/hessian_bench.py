@@ -47,11 +47,11 @@ def exact_top_eigenvalue(model, params, x, y) -> float:
     return float(np.linalg.eigvalsh((h + h.T) / 2)[-1])
 
 
-def run_ours(model, params, x, y, seed):
+def run_ours(model, params, x, y, seed, tol):
     from gauge.flatness import hessian_eigenvalues
     t = time.perf_counter()
     res = hessian_eigenvalues(model, params, (x, y), nn.functional.cross_entropy, k=1,
-                              tol=1e-6, seed=seed, residuals=False)
+                              tol=tol, seed=seed, residuals=False)
     return float(res.values[-1]), res.n_hvp, time.perf_counter() - t
 
 
@@ -86,6 +86,8 @@ def main():
     ap.add_argument("--n-data", type=int, default=1000)
     ap.add_argument("--iters", type=int, default=1500)
     ap.add_argument("--widths", type=int, nargs="+", default=[32, 32])
+    ap.add_argument("--tol", type=float, default=1e-6,
+                    help="our relative eigenvalue tolerance (default 1e-6, the library default)")
     ap.add_argument("--pyhessian-tol", type=float, default=1e-3,
                     help="PyHessian's own default (1e-3)")
     ap.add_argument("--pyhessian-max-iter", type=int, default=100)
@@ -106,7 +108,7 @@ def main():
     rows = {"ours": [], "pyhessian": []}
     for r in range(args.repeats):
         # interleave the two so that background load hits both alike
-        v, n, w = run_ours(model, params, x, y, seed=r)
+        v, n, w = run_ours(model, params, x, y, seed=r, tol=args.tol)
         rows["ours"].append((abs(v - exact) / abs(exact), n, w))
         v, n, w = run_pyhessian(model, x, y, r, args.pyhessian_max_iter, args.pyhessian_tol)
         rows["pyhessian"].append((abs(v - exact) / abs(exact), n, w))

@@ -247,23 +247,19 @@ class _Problem:
     # -- vectors <-> tensors
     def unflatten(self, vec: torch.Tensor) -> list[torch.Tensor]:
         """Free-coordinate vector -> full-shape tensors (zero at pruned entries)."""
-        out, i = [], 0
-        for k, s in zip(self.names, self.sizes):
-            seg = vec[i:i + s].to(self.dtype)
-            i += s
+        out = []
+        for k, seg in zip(self.names, vec.to(self.dtype).split(self.sizes)):
             if k in self.masks:
                 full = torch.zeros(self.base[k].shape, dtype=self.dtype, device=self.device)
                 full[self.masks[k]] = seg
                 out.append(full)
             else:
-                out.append(seg.reshape(self.base[k].shape))
+                out.append(seg.view(self.base[k].shape))
         return out
 
     def flatten(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-        parts = []
-        for k, t in zip(self.names, tensors):
-            parts.append(t[self.masks[k]] if k in self.masks else t.reshape(-1))
-        return torch.cat(parts)
+        return torch.cat([t[self.masks[k]] if k in self.masks else t.reshape(-1)
+                          for k, t in zip(self.names, tensors)])
 
     def free_values(self) -> torch.Tensor:
         return self.flatten([self.base[k] for k in self.names])
@@ -312,6 +308,9 @@ class _Problem:
             x, y = self.batches[0]
             with _eval_mode(self.model):
                 loss = self._batch_loss(leaves, x, y)
+                if not math.isfinite(float(loss.detach())):
+                    raise NonFiniteLossError(f"loss at the checkpoint is {float(loss.detach())}: the "
+                                             f"Hessian is undefined there (not iterating)")
                 grads = torch.autograd.grad(loss, leaves, create_graph=True)
             if not all(bool(torch.isfinite(g).all()) for g in grads):
                 raise NonFiniteLossError("gradient at the checkpoint is not finite: the Hessian "
@@ -397,7 +396,10 @@ def hvp(model: nn.Module, params: Mapping[str, torch.Tensor], data, loss_fn=None
     """
     problem = _Problem(model, params, data, loss_fn, mask=mask, param_filter=param_filter,
                        device=device, batch_size=batch_size)
-    problem.check_finite()
+    if len(problem.batches) == 1:
+        problem._graph_for_one_batch()  # checks the loss and gradient, builds the graph once
+    else:
+        problem.check_finite()
     return HessianOperator(problem, callback)
 
 
@@ -476,7 +478,7 @@ def _lanczos_extreme(op: "HessianOperator", k: int, which: str, tol: float, v0: 
     theta = s = prev_theta = None
     for j in range(max_steps):
         basis[j] = v
-        w = op.matvec(v)
+        w = op._matvec(v)  # skips scipy's shape checks: this loop is the hot path
         a = float(w @ v)
         w = w - a * v - b * prev
         for _ in range(2):  # twice is enough (Parlett 1998) to keep the basis orthogonal
@@ -489,7 +491,8 @@ def _lanczos_extreme(op: "HessianOperator", k: int, which: str, tol: float, v0: 
         invariant = b <= 1e-12 * max(1.0, float(np.abs(theta).max()))
         if len(idx) >= n_want and len(theta) > n_want:
             r = b * np.abs(s[-1, idx])
-            gap = np.array([np.min(np.abs(np.delete(theta, i) - theta[i])) for i in idx])
+            d = np.diff(theta)  # theta is ascending: the nearest other Ritz value is a neighbour
+            gap = np.minimum(np.r_[np.inf, d][idx], np.r_[d, np.inf][idx])
             bound = np.minimum(r, r ** 2 / np.maximum(gap, 1e-300))
             scale = tol * np.maximum(np.abs(theta[idx]), 1e-12)
             # the Ritz gap can overstate the true gap while the spectrum is still unresolved:
@@ -649,7 +652,7 @@ def _lanczos(op: HessianOperator, v0: np.ndarray, steps: int):
     prev, b = np.zeros(n), 0.0
     for j in range(steps):
         basis[j] = v
-        w = op.matvec(v)
+        w = op._matvec(v)  # skips scipy's shape checks: this loop is the hot path
         a = float(w @ v)
         w = w - a * v - b * prev
         for _ in range(2):  # twice is enough (Parlett 1998): keeps the basis orthogonal

@@ -215,6 +215,7 @@ def _descend(spec, terms, perm, order_rng, max_iter, progressive, stats, device)
             c = cost(g)
             if c is None:
                 continue
+            c = c.cpu()
             new = _lap(c)
             stats[g]["solves"] += 1
             rows = torch.arange(len(new))
@@ -399,7 +400,7 @@ def activation_matching(model: nn.Module, spec: PermutationSpec,
         ma, mb = acc["sa"] / m, acc["sb"] / m
         va = (acc["saa"] / m - ma.pow(2)).clamp_min(0).sqrt()
         vb = (acc["sbb"] / m - mb.pow(2)).clamp_min(0).sqrt()
-        corr = (acc["sab"] / m - torch.outer(ma, mb)) / (torch.outer(va, vb) + eps)
+        corr = ((acc["sab"] / m - torch.outer(ma, mb)) / (torch.outer(va, vb) + eps)).cpu()
         p = _lap(corr)
         perm[g] = p
         rows = torch.arange(n)

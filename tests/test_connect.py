@@ -184,3 +184,25 @@ def test_bad_inputs(trained_mlp, bn_net, mnist1d):
     with pytest.raises(MismatchError):
         linear_path(model, params, other, data)
     assert issubclass(ConnectError, GaugeError)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2 ** 31 - 1), alpha=st.floats(0.0, 1.0))
+def test_interpolation_commutes_with_permutation(trained_mlp, seed, alpha):
+    """Gauge covariance: permuting both endpoints permutes every point of the path, so
+    the path between P(A) and P(B) computes the same functions as the one between A and B."""
+    from gauge.spec import infer_spec
+    from gauge.symmetry import apply_permutation, random_permutation
+    model, params = trained_mlp
+    spec = infer_spec(model, torch.zeros(2, 40))
+    other = {k: v.flip(0) if v.dim() == 1 else v * 0.5 for k, v in params.items()}
+    perm = random_permutation(spec, seed=seed)
+    lhs = interpolate(apply_permutation(spec, perm, params), apply_permutation(spec, perm, other),
+                      alpha)
+    rhs = apply_permutation(spec, perm, interpolate(params, other, alpha))
+    for k in lhs:
+        torch.testing.assert_close(lhs[k], rhs[k])

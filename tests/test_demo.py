@@ -72,7 +72,9 @@ def test_report_reproduces_the_demo_numbers_cached_and_uncached(demo, tmp_path):
     out, _ = demo
     demo_results = json.loads((out / "results.json").read_text())
     runs = sorted((out / "runs").iterdir())
-    proc = run_cli("report", *runs, "--out", tmp_path / "cached", "--device", "cpu")
+    # the quick demo's analyses ran with the --quick options: the same options, the same numbers
+    assert demo_results["quick"] is True
+    proc = run_cli("report", *runs, "--out", tmp_path / "cached", "--device", "cpu", "--quick")
     assert proc.returncode == 0, proc.stderr[-3000:]
     cached = json.loads((tmp_path / "cached" / "results.json").read_text())
     assert set(cached["analyses"]) == set(demo_results["analyses"])
@@ -82,7 +84,7 @@ def test_report_reproduces_the_demo_numbers_cached_and_uncached(demo, tmp_path):
     for r in runs:
         shutil.copytree(r, fresh / r.name, ignore=shutil.ignore_patterns("analyses"))
     proc = run_cli("report", *sorted(fresh.iterdir()), "--out", tmp_path / "uncached",
-                   "--device", "cpu")
+                   "--device", "cpu", "--quick")
     assert proc.returncode == 0, proc.stderr[-3000:]
     uncached = json.loads((tmp_path / "uncached" / "results.json").read_text())
     assert set(uncached["analyses"]) == set(demo_results["analyses"])

@@ -111,6 +111,9 @@ def test_mlp_eigenvalues_and_trace_match_dense(trained):
     assert both.vectors.shape == (len(exact), 6)
     v = both.vectors[:, -1]
     assert abs(v @ h @ v - exact[-1]) / exact[-1] < 1e-4
+    for kw in ({"method": "arpack"}, {"method": "auto", "max_steps": 3}):  # 3: falls back
+        res = fl.hessian_eigenvalues(model, params, (x, y), k=2, **kw)
+        assert _rel(res.values, exact[-2:]) < 1e-4, kw
     # batched HVPs (weighted by batch size; the last batch is smaller) give the same operator
     batched = fl.hessian_eigenvalues(model, params, (x, y), k=2, batch_size=40)
     assert _rel(batched.values, exact[-2:]) < 1e-4

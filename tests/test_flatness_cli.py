@@ -7,9 +7,15 @@ import json
 import pytest
 import torch
 
-from tests.conftest import assert_user_error, run_cli
+from tests.conftest import assert_user_error
+from tests.conftest import run_cli as _run_cli
 from tickets.models import build_model
 from tickets.store import save_checkpoint, versions
+
+
+def run_cli(*args):
+    # tiny models: one intra-op thread avoids contention on the shared 2-core machine
+    return _run_cli(*args, env={"OMP_NUM_THREADS": "1"})
 
 
 def _meta():
@@ -79,3 +85,25 @@ def test_bad_inputs(ckpt, tmp_path):
     assert_user_error(run_cli("flatness", path, "--landscape", "1d", "--plot",
                               tmp_path / "file", "--json", js), "--plot")
     assert not js.exists()
+
+
+@pytest.mark.slow
+def test_compute_per_level_is_cached_and_plots(tmp_path, mnist1d):
+    from analyses.flatness import compute, plot
+    from tickets.imp import run_imp
+    from tickets.train import default_config
+    cfg = default_config("mlp", "mnist1d").replace(iters=30, epochs=None)
+    run_imp("mlp", mnist1d, cfg, levels=1, seed=0, out_dir=tmp_path / "run",
+            model_kwargs={"widths": [8]})
+    res = compute([tmp_path / "run"], subset=100, trace_samples=6, sharpness_steps=2)
+    assert [r["level"] for r in res.rows] == [0, 1]
+    assert res.rows[1]["density"] < res.rows[0]["density"] == 1.0
+    for r in res.rows:
+        assert r["top_eig_raw"] > 0 and r["top_eig_gauge_fixed"] > 0
+    cached = list((tmp_path / "run" / "analyses").glob("flatness-*.json"))
+    assert len(cached) == 1
+    again = compute([tmp_path / "run"], subset=100, trace_samples=6, sharpness_steps=2)
+    assert again.rows == res.rows
+    paths = plot(res, tmp_path / "figs")
+    assert {p.suffix for p in paths} == {".png", ".pdf"} and all(p.is_file() for p in paths)
+    assert res.table()[0]["level"] == 0
