@@ -350,7 +350,9 @@ def plot_sparsity(result: SparsityResult, out_dir: Path) -> list[Path]:
         ticket = result.curves.get("ticket", [])
         dense = next((r["test_acc_mean"] for r in ticket if r["level"] == 0), None)
         _plot_curves(ax, result.curves, dense=dense)
-        ax.set_title(f"{result.group}: {len(result.seeds)} seed(s), mean ± std")
+        n = len(result.seeds)
+        ax.set_title(f"{result.group}: {n} seed{'s' if n != 1 else ''}"
+                     + (", mean ± std" if n > 1 else ""))
         ax.legend(loc="lower left")
     return save_figure(fig, Path(out_dir) / "sparsity_accuracy")
 
@@ -905,6 +907,8 @@ def _esc(x) -> str:
 def _fmt(v) -> str:
     if isinstance(v, bool) or v is None:
         return str(v)
+    if isinstance(v, str) and "/" in v and len(v) > 30:
+        return "…/" + "/".join(Path(v).parts[-2:])  # run paths: the part that tells them apart
     if isinstance(v, float):
         if v == 0 or 1e-3 <= abs(v) < 1e5:
             return f"{v:.4g}"
@@ -1001,9 +1005,26 @@ def render_html(report: Mapping, out_dir: Path, *, tables: Mapping | None = None
             p = out_dir / rel if not Path(rel).is_absolute() else Path(rel)
             if p.suffix.lower() == ".png" and p.is_file():
                 parts.append(_img(p, f"{a.title}: {p.stem}"))
+        value = report["analyses"][a.name]
         rows = tables.get(a.name)
-        parts.append(format_table(rows) if rows else
-                     _generic_tables(report["analyses"][a.name]))
+        if not rows and isinstance(value, Mapping):
+            # the result's own table of rows when it has one ("table", else "rows")
+            for key in ("table", "rows"):
+                cand = value.get(key)
+                if isinstance(cand, list) and cand and all(isinstance(r, Mapping) for r in cand):
+                    rows = [{k: v for k, v in r.items() if _is_scalar(v)} for r in cand]
+                    break
+        if rows:
+            settings = {k: v for k, v in value.items() if _is_scalar(v) and
+                        not (isinstance(v, str) and ("/" in v or len(v) > 60))} \
+                if isinstance(value, Mapping) else {}
+            if settings:
+                parts.append("<p class='what'>" + ", ".join(
+                    f"{_esc(k)} = <code>{_esc(_fmt(v))}</code>" for k, v in settings.items())
+                    + "</p>")
+            parts.append(format_table(rows))
+        else:
+            parts.append(_generic_tables(value))
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import assert_user_error, run_cli
 
 # Keys whose values are wall-clock measurements or locations, not results.
-_VOLATILE = ("time", "seconds", "wall", "path", "runs", "_s", "device", "run", "dir", "files")
+_VOLATILE = {"seconds", "elapsed", "device", "versions", "runs", "run", "path", "names"}
 
 
 def _numbers(obj, prefix=""):
@@ -20,7 +20,7 @@ def _numbers(obj, prefix=""):
     out = {}
     if isinstance(obj, dict):
         for k, v in obj.items():
-            if any(tag in str(k).lower() for tag in _VOLATILE):
+            if str(k).lower() in _VOLATILE or str(k).lower().endswith("time"):
                 continue
             out.update(_numbers(v, f"{prefix}{k}."))
     elif isinstance(obj, list):

@@ -40,3 +40,15 @@ def test_bad_arguments(mnist1d):
     with pytest.raises(ConfigError, match="not a parameter"):
         instability("mlp", mnist1d, CFG, rewind_iters=[0], mask={"conv1.weight": torch.ones(2)},
                     **kw)
+
+
+def test_parent_cut_at_last_rewind_point_follows_full_run(mnist1d):
+    """The shortcut in instability(): a parent run cut at max(k) has the full run's theta_k."""
+    from tickets.models import build_model
+    from tickets.train import train
+    cfg = CFG.replace(schedule="milestones", milestones=(0.2,), warmup_iters=5)
+    model = build_model("mlp", num_classes=10, input_shape=(40,), seed=0, widths=(8,))
+    full = train(model, mnist1d, cfg, seed=0, data_seed=0, checkpoints_at=[25])
+    cut = train(model, mnist1d, cfg.replace(iters=25), seed=0, data_seed=0, checkpoints_at=[25])
+    for k, v in full.checkpoints[25].items():
+        assert torch.equal(v, cut.checkpoints[25][k])

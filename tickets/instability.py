@@ -131,9 +131,14 @@ def instability(model_name: str, data: DataSplits, cfg: TrainConfig, *,
         kept = sum(int(m.sum()) for m in mask.values())
         density = kept / max(1, sum(m.numel() for m in mask.values()))
 
-    # the parent only has to reach the last rewind point, but its schedule is the full one
-    parent = train(model, data, cfg, seed=seed, data_seed=parent_ds, checkpoints_at=ks,
-                   device=device) if max(ks) > 0 else None
+    parent = None
+    if max(ks) > 0:
+        # The parent only has to reach the last rewind point. Batch order and learning rate
+        # are functions of the absolute iteration, so a run cut at max(ks) follows the full
+        # run's trajectory exactly -- unless the schedule depends on the run length (cosine).
+        parent_cfg = cfg if cfg.schedule == "cosine" else cfg.replace(iters=max(ks), epochs=None)
+        parent = train(model, data, parent_cfg, seed=seed, data_seed=parent_ds,
+                       checkpoints_at=ks, device=device)
     rows, paths = [], {}
     for k in ks:
         start = model.state_dict() if k == 0 else parent.checkpoints[k]
