@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
+
 from analyses.common import (UsageError, add_device_argument, add_json_argument, emit_json,
                              progress_enabled, resolve_device)
 
@@ -362,8 +364,9 @@ class OptimizerResult:
     """Ticket vs random reinit per configuration (optimizer, rewind point).
 
     ``groups``: label -> {optimizer, lr, momentum, rewind_iter, seeds, curves}; ``gap``: label ->
-    ticket minus random-reinit test accuracy at the sparsest level both have (the "winning" margin
-    of Frankle & Carbin 2019; ~0 means rewinding to that point does not find a ticket).
+    ticket minus random-reinit test accuracy at the sparsest level both have (``gap``) and
+    averaged over every pruned level (``mean_gap``): the "winning" margin of Frankle & Carbin
+    (2019); ~0 means rewinding to that point does not find a ticket.
     """
 
     groups: dict
@@ -383,7 +386,9 @@ class OptimizerResult:
                          "ticket acc %": _pct(gap.get("ticket_acc")),
                          "reinit acc %": _pct(gap.get("reinit_acc")),
                          "ticket - reinit (points)": "?" if gap.get("gap") is None
-                         else f"{100 * gap['gap']:+.2f}"})
+                         else f"{100 * gap['gap']:+.2f}",
+                         "mean over levels (points)": "?" if gap.get("mean_gap") is None
+                         else f"{100 * gap['mean_gap']:+.2f}"})
         return rows
 
 
@@ -416,10 +421,12 @@ def compute_optimizer(runs: Sequence[Run]) -> OptimizerResult:
         both = [r for r in curves["ticket"] if r["level"] in reinit and r["level"] > 0]
         if both:
             last = both[-1]
+            diffs = [r["test_acc_mean"] - reinit[r["level"]]["test_acc_mean"] for r in both]
             gaps[label] = {"level": last["level"], "weights_remaining": last["weights_remaining"],
                            "ticket_acc": last["test_acc_mean"],
                            "reinit_acc": reinit[last["level"]]["test_acc_mean"],
-                           "gap": last["test_acc_mean"] - reinit[last["level"]]["test_acc_mean"]}
+                           "gap": last["test_acc_mean"] - reinit[last["level"]]["test_acc_mean"],
+                           "mean_gap": sum(diffs) / len(diffs), "levels_compared": len(diffs)}
         else:
             gaps[label] = None
     return OptimizerResult(groups=out, gap=gaps)
@@ -439,8 +446,9 @@ def plot_optimizer(result: OptimizerResult, out_dir: Path) -> list[Path]:
             ax.set_title(f"{g['optimizer']}{lr}{mom}, rewind to iter {g['rewind_iter']}")
             gap = result.gap.get(label)
             if gap:
-                ax.text(0.03, 0.04, f"ticket − reinit: {100 * gap['gap']:+.1f} pts",
-                        transform=ax.transAxes, fontsize=8)
+                ax.text(0.03, 0.04, f"ticket − reinit: {100 * gap['gap']:+.1f} pts at "
+                        f"{_pct(gap['weights_remaining'])}%, {100 * gap['mean_gap']:+.1f} "
+                        "mean over levels", transform=ax.transAxes, fontsize=7)
             if ax is not axes[0, 0]:
                 ax.set_ylabel("")
         handles, labels = axes[0, 0].get_legend_handles_labels()
@@ -585,6 +593,203 @@ def plot_permutation(result: PermutationResult, out_dir: Path) -> list[Path]:
     return save_figure(fig, Path(out_dir) / "permutation_matrix")
 
 
+@dataclass(frozen=True)
+class LayerOverlapResult:
+    """Per-layer Jaccard overlap of the seeds' masks at the sparsest common level: raw,
+    aligned and chance, mean (and std) over seed pairs (from the overlap analysis)."""
+
+    level: int
+    density: float
+    layers: dict  # name -> {raw, raw_std, aligned, aligned_std, chance, density}
+
+    def to_dict(self) -> dict:
+        return {"level": self.level, "density": self.density, "layers": self.layers}
+
+    def table(self) -> list[dict]:
+        return [{"layer": k, "density %": _pct(v["density"]), "raw": f"{v['raw']:.3f}",
+                 "aligned": "-" if v["aligned"] is None else f"{v['aligned']:.3f}",
+                 "chance": f"{v['chance']:.3f}"} for k, v in self.layers.items()]
+
+
+def compute_layer_overlap(runs: Sequence[Run], *, levels=(), device="cpu",
+                          progress: bool = False) -> LayerOverlapResult:
+    try:
+        from analyses import overlap
+    except ImportError as e:
+        raise _Skip(f"module analyses.overlap is not part of this build ({e})") from e
+    pruned = [lv for lv in levels if lv > 0]
+    if not pruned:
+        raise _Skip("needs a pruned level (>= 1) completed in every run")
+    level = max(pruned)
+    res = _call(overlap.compute, [r.path for r in runs], levels=[level], device=device,
+                progress=progress).to_dict()
+    entry = res["levels"].get(str(level), res["levels"].get(level))
+    acc: dict[str, dict[str, list]] = {}
+    for pair in entry["pairs"].values():
+        for kind in ("raw", "aligned"):
+            for name, d in ((pair.get(kind) or {}).get("per_layer") or {}).items():
+                a = acc.setdefault(name, {"raw": [], "aligned": [], "chance": [], "density": []})
+                a[kind].append(d["jaccard"])
+                if kind == "raw":
+                    a["chance"].append(d["chance_jaccard"])
+                    a["density"].append(d["density_a"])
+    layers = {}
+    for name, a in acc.items():
+        raw_m, raw_s = _mean_std(a["raw"])
+        al = _mean_std(a["aligned"]) if a["aligned"] else (None, None)
+        layers[name] = {"raw": raw_m, "raw_std": raw_s, "aligned": al[0], "aligned_std": al[1],
+                        "chance": sum(a["chance"]) / len(a["chance"]),
+                        "density": sum(a["density"]) / len(a["density"])}
+    return LayerOverlapResult(level=level, density=float(entry.get("density", 0.0)),
+                              layers=layers)
+
+
+def plot_layer_overlap(result: LayerOverlapResult, out_dir: Path) -> list[Path]:
+    import numpy as np
+    from analyses.figures import COLORS, new_figure, save_figure, style
+    names = list(result.layers)
+    x = np.arange(len(names))
+    with style():
+        fig, axes = new_figure(width=max(3.4, 1.1 * len(names) + 1.2), height=2.8)
+        ax = axes[0, 0]
+        w = 0.27
+        for i, (kind, label) in enumerate((("raw", "raw"), ("aligned", "aligned"),
+                                           ("chance", "chance"))):
+            vals = [result.layers[n][kind] for n in names]
+            if any(v is None for v in vals):
+                continue
+            errs = [result.layers[n].get(f"{kind}_std") or 0 for n in names]
+            ax.bar(x + (i - 1) * w, vals, w, yerr=errs if kind != "chance" else None,
+                   color=COLORS.get(kind if kind != "raw" else "naive"), label=label,
+                   capsize=2)
+        ax.set_xticks(x, [f"{n.removesuffix('.weight')}\n{_pct(result.layers[n]['density'])}%"
+                          for n in names])
+        ax.set_ylabel("Jaccard overlap of masks")
+        ax.set_title(f"per-layer mask overlap across seeds, level {result.level}")
+        ax.legend()
+    return save_figure(fig, Path(out_dir) / "overlap_per_layer")
+
+
+@dataclass(frozen=True)
+class LandscapeResult:
+    """Hessian spectral density (stochastic Lanczos quadrature, Ghorbani et al. 2019) and 1-D
+    and 2-D loss slices along filter-normalised random directions (Li et al. 2018), raw and
+    gauge-fixed, for the first seed's dense network and its sparsest common ticket."""
+
+    run: str
+    entries: dict  # "level_L" -> {density, density_grid, density_values, slice_raw, ...}
+
+    def to_dict(self) -> dict:
+        return {"run": self.run, "entries": self.entries}
+
+    def table(self) -> list[dict]:
+        rows = []
+        for key, e in self.entries.items():
+            rows.append({"network": key, "weights remaining %": _pct(e["density"]),
+                         "loss at minimum": f"{e['loss0']:.4f}",
+                         "1-D loss rise at |alpha|=1, raw": f"{e['rise_raw']:.4f}",
+                         "gauge-fixed": f"{e['rise_gauge_fixed']:.4f}",
+                         "HVPs (density)": e["n_hvp"]})
+        return rows
+
+
+def compute_landscape(runs: Sequence[Run], *, levels=(), device="cpu", quick: bool = False,
+                      subset: int = 512, seed: int = 0) -> LandscapeResult:
+    try:
+        import gauge.flatness as F
+        from gauge.spec import infer_spec
+    except ImportError as e:
+        raise _Skip(f"gauge.flatness is not part of this build ({e})") from e
+    from tickets.imp import build_run_model, load_level, load_run_data, open_run
+    import torch
+    run = runs[0]
+    wanted = sorted({0, max(levels)} & set(levels)) if levels else [0]
+    opts = {"v": CACHE_VERSION, "quick": bool(quick), "subset": subset, "seed": seed,
+            "levels": wanted, "run": str(run.path.resolve()),
+            "stamp": [_mtime(run, lv) for lv in wanted]}
+    cache = _cache_path(run, "landscape", opts)
+    if cache.is_file():
+        try:
+            return LandscapeResult(**json.loads(cache.read_text()))
+        except (TypeError, json.JSONDecodeError):
+            pass
+    info = open_run(run.path)
+    model = build_run_model(info)
+    data = load_run_data(info)
+    x, y = data.train.tensors
+    xy = (x[:subset], y[:subset])
+    spec = infer_spec(model, x[:2])
+    n_runs, steps = (2, 30) if quick else (4, 60)
+    alphas = list(np.linspace(-1, 1, 21 if quick else 41))
+    grid2 = list(np.linspace(-1, 1, 9 if quick else 17))
+    entries = {}
+    for lv in wanted:
+        files = load_level(info, lv)
+        params, mask = files.final, files.mask
+        dens = F.spectral_density(model, params, xy, n_runs=n_runs, lanczos_steps=steps,
+                                  mask=mask, device=device, seed=seed)
+        sl = F.landscape_1d(model, params, xy, mask=mask, alphas=alphas, device=device,
+                            seed=seed, gauge_fixed=True, spec=spec)
+        sl2 = F.landscape_2d(model, params, xy, mask=mask, alphas=grid2, device=device,
+                             seed=seed)
+        raw, fixed = sl.raw.to_dict(), sl.gauge_fixed.to_dict()
+        mid = len(alphas) // 2
+        d2 = sl2.to_dict()
+        entries[f"level_{lv}"] = {
+            "level": lv, "density": float(files.metrics.get("density", 1.0)),
+            "density_grid": [float(v) for v in dens.to_dict()["grid"]],
+            "density_values": [float(v) for v in dens.to_dict()["density"]],
+            "n_hvp": int(dens.n_hvp),
+            "alphas": [float(a) for a in raw["alphas"]],
+            "slice_raw": [float(v) for v in raw["losses"]],
+            "slice_gauge_fixed": [float(v) for v in fixed["losses"]],
+            "loss0": float(raw["losses"][mid]),
+            "rise_raw": float((raw["losses"][0] + raw["losses"][-1]) / 2 - raw["losses"][mid]),
+            "rise_gauge_fixed": float((fixed["losses"][0] + fixed["losses"][-1]) / 2
+                                      - fixed["losses"][mid]),
+            "plane_alphas": [float(a) for a in grid2],
+            "plane_losses": [[float(v) for v in row] for row in d2["losses"]]}
+    result = LandscapeResult(run=str(run.path), entries=entries)
+    from tickets.store import save_json
+    save_json(cache, result.to_dict())
+    return result
+
+
+def plot_landscape(result: LandscapeResult, out_dir: Path) -> list[Path]:
+    import numpy as np
+    from analyses.figures import PALETTE, new_figure, save_figure, style
+    entries = list(result.entries.values())
+    with style():
+        fig, axes = new_figure(ncols=2 + len(entries), width=2.9, height=2.6)
+        ax_d, ax_s = axes[0, 0], axes[0, 1]
+        for i, e in enumerate(entries):
+            label = "dense" if e["level"] == 0 else f"ticket {_pct(e['density'])}%"
+            c = "#000000" if e["level"] == 0 else PALETTE[0]
+            g, d = np.asarray(e["density_grid"]), np.asarray(e["density_values"])
+            ax_d.semilogy(g, np.maximum(d, 1e-8), color=c, label=label)
+            ax_s.plot(e["alphas"], e["slice_raw"], color=c, label=f"{label}, raw")
+            ax_s.plot(e["alphas"], e["slice_gauge_fixed"], color=c, linestyle="--",
+                      label=f"{label}, gauge-fixed")
+            ax = axes[0, 2 + i]
+            a = np.asarray(e["plane_alphas"])
+            cs = ax.contourf(a, a, np.asarray(e["plane_losses"]), levels=14, cmap="viridis")
+            fig.colorbar(cs, ax=ax, label="train loss")
+            ax.set_title(f"2-D slice, {label}", fontsize=8)
+            ax.set_xlabel("direction 1")
+            ax.set_ylabel("direction 2")
+            ax.grid(False)
+        ax_d.set_ylim(bottom=1e-6)
+        ax_d.set_xlabel("Hessian eigenvalue")
+        ax_d.set_ylabel("spectral density")
+        ax_d.set_title("Hessian spectrum (SLQ)", fontsize=8)
+        ax_d.legend()
+        ax_s.set_xlabel("alpha (filter-normalised direction)")
+        ax_s.set_ylabel("train loss")
+        ax_s.set_title("1-D slice, raw vs gauge-fixed", fontsize=8)
+        ax_s.legend(fontsize=6)
+    return save_figure(fig, Path(out_dir) / "landscape")
+
+
 # --------------------------------------------------------------------------------------------
 # Composition
 
@@ -636,6 +841,17 @@ ANALYSES: tuple[Analysis, ...] = (
              "Top Hessian eigenvalue, trace and sharpness per IMP level, raw and at the "
              "scale-canonical point (Dinh et al. 2017; Andriushchenko et al. 2023).",
              module="analyses.flatness"),
+    Analysis("overlap_layers", "Mask overlap per layer",
+             "Per-layer Jaccard overlap of the seeds' masks at the sparsest level: raw, after "
+             "alignment and chance; mean ± std over seed pairs.",
+             compute=compute_layer_overlap, plot=plot_layer_overlap, min_runs=2,
+             needs_pruned=True),
+    Analysis("landscape", "Spectrum and loss landscape",
+             "Hessian spectral density (stochastic Lanczos quadrature; Ghorbani et al. 2019) "
+             "and 1-D / 2-D loss slices along filter-normalised random directions (Li et al. "
+             "2018), for the first seed's dense network and its sparsest ticket; the 1-D slice "
+             "also at the scale-canonical (gauge-fixed) point.",
+             compute=compute_landscape, plot=plot_landscape),
     Analysis("align", "Alignment between seeds",
              "Weight matching between seeds (Ainsworth et al. 2023).", module="analyses.align",
              min_runs=2),
@@ -644,11 +860,15 @@ ANALYSES: tuple[Analysis, ...] = (
              "hidden layer: unit similarity before and after alignment and the permutation.",
              compute=compute_permutation, plot=plot_permutation, min_runs=2),
 )
+_ORDER = ("sparsity", "optimizer", "connect", "instability", "overlap", "overlap_layers",
+          "transfer", "flatness", "landscape", "align", "permutation")
+ANALYSES = tuple(sorted(ANALYSES, key=lambda a: _ORDER.index(a.name)))
 
 
 #: ``--quick``: cheaper settings of the expensive analyses (for CI and first looks). The
 #: demo's ``--quick`` uses them, so ``gauge report --quick`` reproduces its numbers.
 QUICK_OPTIONS: dict[str, dict[str, Any]] = {
+    "landscape": {"quick": True},
     "flatness": {"subset": 256, "trace_samples": 6, "sharpness_steps": 3},
     "instability": {"rewind_iters": (0, 40), "points": 5},
     "connect": {"points": 5},
@@ -1058,8 +1278,9 @@ def summary_rows(report: Mapping) -> list[tuple[str, str, str]]:
     if opt:
         for label, gap in opt["gap"].items():
             if gap:
-                rows.append(("optimizer", f"{label}: ticket - reinit (points)",
-                             f"{100 * gap['gap']:+.2f}"))
+                rows.append(("optimizer", f"{label}: ticket - reinit, points (at "
+                             f"{_pct(gap['weights_remaining'])}% / mean over levels)",
+                             f"{100 * gap['gap']:+.2f} / {100 * gap['mean_gap']:+.2f}"))
     for name, value in res.items():
         if name in ("sparsity", "optimizer"):
             continue
@@ -1146,7 +1367,19 @@ def _generic_summary(value) -> list[tuple[str, str]]:
             if isinstance(v, (int, float)) and not isinstance(v, bool)][:6]
 
 
-_SUMMARY = {"connect": _summary_connect, "instability": _summary_instability,
+def _summary_overlap_layers(v) -> list[tuple[str, str]]:
+    return [(f"{k} Jaccard raw / aligned / chance", f"{d['raw']:.3f} / "
+             f"{'-' if d['aligned'] is None else format(d['aligned'], '.3f')} / {d['chance']:.3f}")
+            for k, d in v["layers"].items()]
+
+
+def _summary_landscape(v) -> list[tuple[str, str]]:
+    return [(f"1-D loss rise at |alpha|=1 raw / gauge-fixed, {_pct(e['density'])}% weights",
+             f"{e['rise_raw']:.3f} / {e['rise_gauge_fixed']:.3f}") for e in v["entries"].values()]
+
+
+_SUMMARY = {"overlap_layers": _summary_overlap_layers, "landscape": _summary_landscape,
+            "connect": _summary_connect, "instability": _summary_instability,
             "overlap": _summary_overlap, "transfer": _summary_transfer,
             "flatness": _summary_flatness, "permutation": _summary_permutation}
 

@@ -1,9 +1,11 @@
 """IMP machinery overhead: wall time per IMP level vs the same plain dense training.
 
 One IMP run of ``--levels N`` trains N+1 times (level 0 dense, then N pruned levels rewound to
-init) and adds pruning, rewinding, masked gradients, and atomic checkpoint/JSON writes. The peer
-is N+1 plain ``tickets.train.train`` calls of the same config with no mask and nothing written.
-Both run in this process, interleaved, ``--repeats`` times; medians are reported.
+init) and adds pruning, rewinding, masked gradients, and atomic checkpoint/JSON writes. Peers:
+N+1 plain ``tickets.train.train`` calls of the same config with no mask and nothing written,
+and the same N+1 trainings under IMP's masks (isolating the IMP machinery from the cost of
+masked training, which belongs to ``tickets.train``). All run in this process, interleaved,
+``--repeats`` times; medians are reported.
 
     PYTHONPATH=/work/main python benchmarks/imp_throughput.py [--epochs 20 --levels 3 --repeats 3]
 """
@@ -31,7 +33,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from tickets.data import load_dataset
-    from tickets.imp import run_imp
+    from tickets.imp import load_level, run_imp
     from tickets.models import build_model
     from tickets.train import default_config, train
 
@@ -47,24 +49,44 @@ def main() -> None:
             train(model, data, cfg, seed=0, data_seed=0)
         return time.perf_counter() - t0
 
+    masks: list = []
+
     def imp() -> float:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             run_imp(args.model, data, cfg, levels=args.levels, seed=0, out_dir=Path(tmp) / "r")
-            return time.perf_counter() - t0
+            elapsed = time.perf_counter() - t0
+            if not masks:
+                masks.extend(load_level(Path(tmp) / "r", lv).mask for lv in range(n))
+            return elapsed
+
+    def masked() -> float:
+        """The same N+1 trainings under IMP's masks, with no pruning, rewinding or I/O."""
+        t0 = time.perf_counter()
+        for mask in masks:
+            model = build_model(args.model, num_classes=data.num_classes,
+                                input_shape=data.input_shape, seed=0)
+            train(model, data, cfg, seed=0, data_seed=0, mask=mask)
+        return time.perf_counter() - t0
 
     plain()  # warm-up (allocator, first-call costs)
-    t_plain, t_imp = [], []
+    imp()  # warm-up, and records the masks for masked()
+    times: dict = {plain: [], imp: [], masked: []}
     for r in range(args.repeats):
-        order = (plain, imp) if r % 2 == 0 else (imp, plain)
+        order = [plain, imp, masked] if r % 2 == 0 else [masked, imp, plain]
         for fn in order:
-            (t_plain if fn is plain else t_imp).append(fn())
+            times[fn].append(fn())
+    t_plain, t_imp, t_masked = times[plain], times[imp], times[masked]
     mp, mi = statistics.median(t_plain), statistics.median(t_imp)
+    mm = statistics.median(t_masked)
     print(f"{args.model} on {args.data}, {args.epochs:g} epochs per level, {n} trainings, "
           f"{args.repeats} repeats, {args.threads} thread(s)")
     print(f"plain dense training : {mp / n:7.3f} s per level (median of {t_plain})")
     print(f"IMP                  : {mi / n:7.3f} s per level (median of {t_imp})")
+    print(f"masked training only : {mm / n:7.3f} s per level (median of {t_masked})")
     print(f"IMP / plain          : {mi / mp:7.3f}  (overhead {100 * (mi / mp - 1):+.1f}%)")
+    print(f"IMP / masked training: {mi / mm:7.3f}  (IMP machinery {100 * (mi / mm - 1):+.1f}%; "
+          f"masked-gradient training {100 * (mm / mp - 1):+.1f}% vs dense)")
     print(f"machinery alone      : {1e3 * machinery(args, data):7.1f} ms per level (prune, "
           "rewind, write 3 checkpoints + metrics)")
 

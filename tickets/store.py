@@ -200,6 +200,11 @@ def load_checkpoint(path: str | os.PathLike, *, check: bool = True
             meta = json.loads(header.get("__metadata__", {}).get(META_KEY, "{}"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{path}: unreadable metadata ({e})") from e
+        # safetensors returns its tensors in a per-process random (hash map) order; code that
+        # flattens params in dict order (Hessian probes, Lanczos) must see the same order in
+        # every process, so order them as they lie in the file.
+        params = {k: params[k] for k in sorted(
+            params, key=lambda k: (header.get(k, {}).get("data_offsets", [0])[0], k))}
     else:
         params, meta = _load_torch(path), {}
     if not params:
