@@ -7,7 +7,7 @@ and the same N+1 trainings under IMP's masks (isolating the IMP machinery from t
 masked training, which belongs to ``tickets.train``). All run in this process, interleaved,
 ``--repeats`` times; medians are reported.
 
-    PYTHONPATH=/work/main python benchmarks/imp_throughput.py [--epochs 20 --levels 3 --repeats 3]
+    PYTHONPATH=. python benchmarks/imp_throughput.py [--epochs 60 --levels 3 --repeats 3]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="mlp")
     ap.add_argument("--data", default="mnist1d")
-    ap.add_argument("--epochs", type=float, default=20)
+    ap.add_argument("--epochs", type=float, default=60)
     ap.add_argument("--levels", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)

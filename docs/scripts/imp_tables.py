@@ -5,7 +5,7 @@ Runs the `gauge imp` commands below for seeds 0, 1, 2 (skipping runs already com
 run directories resume), then prints the two markdown tables (mean +- std over seeds) built
 only from the run directories (tickets.imp.open_run / summary rows).
 
-    PYTHONPATH=/work/main python docs/scripts/imp_tables.py --runs runs/imp_study [--jobs 2]
+    PYTHONPATH=. python docs/scripts/imp_tables.py --runs runs/imp_study [--jobs 2]
 
 Every run uses one CPU thread (OMP_NUM_THREADS=1): small MLPs are fastest that way and the
 results are bit-reproducible.
