@@ -389,6 +389,8 @@ def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None,
 def plot(result: FlatnessResult, out_dir: Path) -> list[Path]:
     """Top eigenvalue (raw vs gauge-fixed), trace and adaptive sharpness against the fraction of
     weights remaining (log x axis, dense on the right)."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     from analyses.figures import COLORS, PALETTE, new_figure, save_figure
     rows = [r for r in result.rows if r.get("control") is None]
     if not rows:
@@ -415,10 +417,13 @@ def plot(result: FlatnessResult, out_dir: Path) -> list[Path]:
                       (ax_t, "Hessian trace (Hutch++)"),
                       (ax_s, rf"Adaptive sharpness, $\rho$={result.options.get('rho')}")):
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks([t for t in (1, 2, 5, 10, 25, 50, 100) if t >= 0.8 * min(
+            100 * r["density"] for r in rows)])
         ax.set_xlabel("weights remaining (%)")
         ax.set_title(title)
         ax.legend()
-    ax_e.set_yscale("log")
     ax_e.set_ylabel("eigenvalue")
     ax_t.set_ylabel("trace")
     ax_s.set_ylabel("loss increase")

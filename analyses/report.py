@@ -1,16 +1,17 @@
 """gauge report: one HTML report (figures + results.json) from existing IMP run directories.
 
-Give any number of IMP run directories (``gauge imp --out RUN``: any seeds, model, dataset).
+Give any number of IMP run directories (gauge imp --out RUN; any seeds, model, dataset).
 The report groups the runs by configuration (model, dataset, optimizer, rewinding; seeds
-differ within a group), then composes every analysis module of :mod:`analyses` that exists:
+differ within a group), then composes every analysis of this build:
 
   sparsity      test accuracy vs weights remaining: ticket / random reinit / random prune
   optimizer     tickets vs random reinit per optimizer and rewind point (Frankle et al. 2019)
   connect       naive vs aligned loss/error barriers between seeds per level
   instability   error barrier vs rewind iteration (Frankle et al. 2020)
-  overlap       mask overlap across seeds: raw, aligned, chance
+  overlap       mask overlap across seeds: raw, aligned, chance (overlap_layers: per layer)
   transfer      a ticket permuted into another seed's basis (sparse re-basin)
   flatness      Hessian top eigenvalue, trace, sharpness per level: raw and gauge-fixed
+  landscape     Hessian spectral density, 1-D/2-D loss slices: dense vs sparsest ticket
   align         weight matching between seeds
   permutation   the permutation found for one layer, as a matrix image
 
@@ -819,9 +820,11 @@ ANALYSES: tuple[Analysis, ...] = (
              "remaining (log scale; Frankle & Carbin 2019). Band: ± 1 std over seeds.",
              compute=compute_sparsity, plot=plot_sparsity),
     Analysis("optimizer", "Optimizer and rewinding",
-             "Tickets vs random reinitialisation per optimizer and rewind point: under Adam, "
-             "tickets rewound to init win; under SGD with momentum they need late rewinding "
-             "(Frankle et al. 2019).", compute=compute_optimizer, plot=plot_optimizer),
+             "Tickets vs random reinitialisation per optimizer and rewind point. Frankle & "
+             "Carbin (2019) find winning tickets rewound to init under Adam; Frankle et al. "
+             "(2019) find that under SGD with momentum they need late rewinding. The margin "
+             "below (ticket minus reinit, at the sparsest level and averaged over levels) says "
+             "what these runs show.", compute=compute_optimizer, plot=plot_optimizer),
     Analysis("connect", "Linear mode connectivity between seeds",
              "Loss and error barriers on the straight path between two seeds' solutions, naive "
              "and after aligning one to the other (Entezari et al. 2022; Ainsworth et al. 2023).",

@@ -471,20 +471,29 @@ def _lanczos_extreme(op: "HessianOperator", k: int, which: str, tol: float, v0: 
     """
     n = op.shape[0]
     max_steps = min(max_steps, n)
-    basis = np.zeros((max_steps, n))
+    problem = op.problem
+    # the basis lives in float64 torch on the HVP's device: no host round trips, no BLAS
+    # thread pool contention for the (steps x n) reorthogonalisation
+    f64 = dict(dtype=torch.float64, device=problem.device)
+    basis = torch.zeros((max_steps, n), **f64)
     alpha, beta = [], []
-    v = v0 / np.linalg.norm(v0)
-    prev, b = np.zeros(n), 0.0
+    v = torch.as_tensor(v0, **f64)
+    v = v / v.norm()
+    prev, b = torch.zeros(n, **f64), 0.0
     theta = s = prev_theta = None
+
+    def ritz_vectors(cols, m):
+        return (basis[:m].T @ torch.as_tensor(s[:, cols], **f64)).cpu().numpy()
+
     for j in range(max_steps):
         basis[j] = v
-        w = op._matvec(v)  # skips scipy's shape checks: this loop is the hot path
+        w = op.torch_matvec(v).to(torch.float64)
         a = float(w @ v)
         w = w - a * v - b * prev
         for _ in range(2):  # twice is enough (Parlett 1998) to keep the basis orthogonal
             w -= basis[:j + 1].T @ (basis[:j + 1] @ w)
         alpha.append(a)
-        b = float(np.linalg.norm(w))
+        b = float(w.norm())
         theta, s = scipy.linalg.eigh_tridiagonal(np.asarray(alpha), np.asarray(beta))
         idx = _wanted(theta, k, which)
         n_want = 2 * k if which == "both" else k
@@ -499,16 +508,16 @@ def _lanczos_extreme(op: "HessianOperator", k: int, which: str, tol: float, v0: 
             # also require the wanted Ritz values to have stopped moving
             still = prev_theta is not None and np.all(np.abs(theta[idx] - prev_theta) <= scale)
             if invariant or (still and np.all(bound <= scale)):
-                return theta[idx], basis[:j + 1].T @ s[:, idx], True
+                return theta[idx], ritz_vectors(idx, j + 1), True
             prev_theta = theta[idx]
         elif invariant:
-            return theta[idx], basis[:j + 1].T @ s[:, idx], True
+            return theta[idx], ritz_vectors(idx, j + 1), True
         if invariant:
             break
         beta.append(b)
         prev, v = v, w / b
     idx = _wanted(theta, k, which)
-    return theta[idx], basis[:len(alpha)].T @ s[:, idx], False
+    return theta[idx], ritz_vectors(idx, len(alpha)), False
 
 
 def hessian_eigenvalues(model: nn.Module, params: Mapping[str, torch.Tensor], data,
@@ -646,19 +655,21 @@ def _lanczos(op: HessianOperator, v0: np.ndarray, steps: int):
     """``steps`` Lanczos steps with full reorthogonalisation in float64: (alpha, beta)."""
     n = op.shape[0]
     steps = min(steps, n)
-    basis = np.zeros((steps, n))
+    f64 = dict(dtype=torch.float64, device=op.problem.device)
+    basis = torch.zeros((steps, n), **f64)
     alpha, beta = [], []
-    v = v0 / np.linalg.norm(v0)
-    prev, b = np.zeros(n), 0.0
+    v = torch.as_tensor(v0, **f64)
+    v = v / v.norm()
+    prev, b = torch.zeros(n, **f64), 0.0
     for j in range(steps):
         basis[j] = v
-        w = op._matvec(v)  # skips scipy's shape checks: this loop is the hot path
+        w = op.torch_matvec(v).to(torch.float64)
         a = float(w @ v)
         w = w - a * v - b * prev
         for _ in range(2):  # twice is enough (Parlett 1998): keeps the basis orthogonal
             w -= basis[:j + 1].T @ (basis[:j + 1] @ w)
         alpha.append(a)
-        b = float(np.linalg.norm(w))
+        b = float(w.norm())
         if j == steps - 1 or b < 1e-10 * max(1.0, abs(a)):
             break
         beta.append(b)
