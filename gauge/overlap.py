@@ -61,9 +61,14 @@ def chance_jaccard(n: int, k_a: int, k_b: int, *, exact: bool = True) -> float:
         return da * db / (da + db - da * db)
     from scipy.stats import hypergeom
     lo, hi = max(0, k_a + k_b - n), min(k_a, k_b)
+    # The intersection is hypergeometric; outside mean +- 40 std its mass is below 1e-300, so
+    # summing there only costs time (the full support of a 200k-weight layer is ~50k terms).
+    mean = k_a * k_b / n
+    std = math.sqrt(max(mean * (1 - k_a / n) * (n - k_b) / max(n - 1, 1), 0.0))
+    lo, hi = max(lo, int(mean - 40 * std) - 1), min(hi, int(mean + 40 * std) + 1)
     x = np.arange(lo, hi + 1)
     pmf = hypergeom(n, k_a, k_b).pmf(x)
-    return float(np.sum(pmf * x / (k_a + k_b - x)))
+    return float(np.sum(pmf * x / np.maximum(k_a + k_b - x, 1)))
 
 
 def _nan_to_none(v):

@@ -18,7 +18,10 @@ def _cache_dir(tmp_path_factory):
     # mnist1d is generated once per session into a private cache, never into the user's home.
     os.environ.setdefault("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
     os.environ.setdefault("MPLBACKEND", "Agg")
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    # Tiny models gain nothing from threads, and oversubscribed OpenMP threads on a busy
+    # 2-core CI machine slow training down by an order of magnitude.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 def run_cli(*args, cwd=None, timeout=600, env=None) -> subprocess.CompletedProcess:
@@ -26,6 +29,7 @@ def run_cli(*args, cwd=None, timeout=600, env=None) -> subprocess.CompletedProce
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
     full_env.setdefault("MPLBACKEND", "Agg")
+    full_env["OMP_NUM_THREADS"] = "1"
     if env:
         full_env.update(env)
     return subprocess.run([sys.executable, "-m", "analyses.cli", *map(str, args)], cwd=cwd,
