@@ -173,7 +173,6 @@ def main(argv=None):
                             times["rebasin_search"].append(search)
                         except Exception as e:  # report, keep benchmarking the others
                             print(f"# rebasin failed on {name}: {type(e).__name__}: {e}")
-                            have_rebasin_here = False  # noqa: F841
                             times["rebasin"] = []
                             break
                 base = statistics.median(times["ours"])
