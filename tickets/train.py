@@ -10,11 +10,14 @@ an uninterrupted run would have seen from ``k`` on, and the learning-rate schedu
 at the absolute iteration. Optimiser state starts fresh at ``start_iter`` as in OpenLTH's
 rewinding. ``seed`` seeds any randomness inside the model (dropout) in a forked RNG.
 
-Masks (Frankle & Carbin 2019): pruned weights are zeroed on entry and their gradients are
-zeroed before each step, with no mask multiply in the forward pass. That keeps them exactly
-zero for every optimiser here: a zero gradient leaves SGD momentum buffers and Adam moments at
-zero (so the Adam update is 0 / (0 + eps) = 0), coupled L2 decay adds ``wd * 0`` and decoupled
-decay scales 0. ``tests/test_train.py`` checks it for SGD+momentum+decay, Adam and AdamW.
+Masks (Frankle & Carbin 2019): pruned weights are zeroed on entry and re-zeroed after every
+optimiser step (one fused multiply per step), with no mask multiply in the forward pass. Every
+optimiser here (SGD with momentum, Adam, AdamW, with L2 or decoupled weight decay) acts per
+coordinate, so what happens to the pruned coordinates' optimiser state never reaches the
+surviving weights: the survivors follow exactly the trajectory of a network without the pruned
+weights, and the pruned ones are exactly zero at every forward pass and at the end.
+(Zeroing the gradients instead would be equivalent but leaves exact zeros in Adam's second
+moment, and ``sqrt(0)`` is several times slower than ``sqrt(x)`` on CPU: +25 % epoch time.)
 """
 
 from __future__ import annotations
@@ -322,10 +325,10 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *, seed: int, da
                 break
             opt.zero_grad(set_to_none=False)
             loss.backward()
-            if masked:
-                grads = [p.grad for p in mask_params]
-                torch._foreach_mul_(grads, mask_values)
             opt.step()
+            if masked:
+                with torch.no_grad():
+                    torch._foreach_mul_(mask_params, mask_values)
             it += 1
             if bar is not None:
                 bar.update(1)
