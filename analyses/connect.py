@@ -334,7 +334,7 @@ def plot(result: ConnectResult, out_dir: Path) -> list[Path]:
     of the first pair at the densest level."""
     import numpy as np
 
-    from analyses.figures import COLORS, new_figure, save_figure
+    from analyses.figures import COLORS, new_figure, save_figure, weights_remaining_axis
     from gauge.connect import PathResult
     out_dir = Path(out_dir)
     files = []
@@ -353,9 +353,7 @@ def plot(result: ConnectResult, out_dir: Path) -> list[Path]:
             mean, std = np.array(mean), np.array(std)
             ax.plot(dens, mean, marker="o", color=COLORS[kind], label=kind)
             ax.fill_between(dens, mean - std, mean + std, color=COLORS[kind], alpha=0.2)
-        ax.set_xscale("log")
-        ax.invert_xaxis()
-        ax.set_xlabel("weights remaining (%)")
+        weights_remaining_axis(ax)
         ax.set_ylabel(metric.replace("_", " "))
         ax.legend()
     fig.suptitle(f"barriers between seeds (bn={result.bn}, align={result.align})", fontsize=9)

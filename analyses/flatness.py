@@ -388,10 +388,9 @@ def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None,
 
 def plot(result: FlatnessResult, out_dir: Path) -> list[Path]:
     """Top eigenvalue (raw vs gauge-fixed), trace and adaptive sharpness against the fraction of
-    weights remaining (log x axis, dense on the right)."""
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    weights remaining (log x axis, dense on the left)."""
 
-    from analyses.figures import COLORS, PALETTE, new_figure, save_figure
+    from analyses.figures import COLORS, PALETTE, new_figure, save_figure, weights_remaining_axis
     rows = [r for r in result.rows if r.get("control") is None]
     if not rows:
         return []
@@ -411,17 +410,12 @@ def plot(result: FlatnessResult, out_dir: Path) -> list[Path]:
         ax_t.errorbar(d, [r["trace_gauge_fixed"] for r in rr],
                       yerr=[r["trace_gauge_fixed_stderr"] for r in rr], fmt="s-",
                       color=COLORS["gauge_fixed"], label=lab("gauge-fixed"))
-        ax_s.plot(d, [r["sharpness_adaptive"] for r in rr], "o-", color=PALETTE[2 + i % 5],
+        ax_s.plot(d, [r["sharpness_adaptive"] for r in rr], "o-", color=PALETTE[2],
                   label=lab("adaptive (invariant)"))
     for ax, title in ((ax_e, r"Top Hessian eigenvalue $\lambda_{max}$"),
                       (ax_t, "Hessian trace (Hutch++)"),
                       (ax_s, rf"Adaptive sharpness, $\rho$={result.options.get('rho')}")):
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xticks([t for t in (1, 2, 5, 10, 25, 50, 100) if t >= 0.8 * min(
-            100 * r["density"] for r in rows)])
-        ax.set_xlabel("weights remaining (%)")
+        weights_remaining_axis(ax)
         ax.set_title(title)
         ax.legend()
     ax_e.set_ylabel("eigenvalue")

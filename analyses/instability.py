@@ -154,7 +154,7 @@ def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None,
     dense, and under its ticket at ``level`` (default: the sparsest level all runs have).
     Rewind iterations past the end of training are dropped. Cached in RUN/analyses/."""
     from tickets.imp import load_level, load_run_data, open_run
-    from tickets.instability import InstabilityResult, instability
+    from tickets.instability import instability
     from tickets.train import TrainConfig
     runs = [open_run(p) for p in run_dirs]
     if not runs:

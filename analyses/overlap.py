@@ -158,7 +158,7 @@ def plot(result: OverlapAnalysis, out_dir: Path, *, stem: str | Path | None = No
     Jaccard vs weights remaining."""
     import numpy as np
 
-    from analyses.figures import COLORS, new_figure, save_figure
+    from analyses.figures import COLORS, new_figure, save_figure, weights_remaining_axis
     files = []
     lv = max(result.levels, key=int)
     m = result.levels[lv]["matrix"]
@@ -192,9 +192,7 @@ def plot(result: OverlapAnalysis, out_dir: Path, *, stem: str | Path | None = No
             if all(v is not None for v in y):
                 ax.plot(x, y, marker="o", color=COLORS[kind], label=kind,
                         ls="--" if kind == "chance" else "-")
-        ax.set_xscale("log")
-        ax.invert_xaxis()
-        ax.set_xlabel("weights remaining (%)")
+        weights_remaining_axis(ax)
         ax.set_ylabel("mean Jaccard between seeds")
         ax.legend()
         files += save_figure(fig, Path(out_dir) / "overlap_vs_level")

@@ -702,7 +702,6 @@ def compute_landscape(runs: Sequence[Run], *, levels=(), device="cpu", quick: bo
     except ImportError as e:
         raise _Skip(f"gauge.flatness is not part of this build ({e})") from e
     from tickets.imp import build_run_model, load_level, load_run_data, open_run
-    import torch
     run = runs[0]
     wanted = sorted({0, max(levels)} & set(levels)) if levels else [0]
     opts = {"v": CACHE_VERSION, "quick": bool(quick), "subset": subset, "seed": seed,
