@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests._issue5 import files_under, make_run, tiny_data
+from tests.tiny_runs import files_under, make_run, tiny_data
 from tests.conftest import assert_user_error, run_cli
 
 

@@ -1,4 +1,4 @@
-"""Tiny artefacts shared by the issue-5 tests (connect, overlap, transfer, instability)."""
+"""Tiny artefacts shared by the connect, overlap, transfer and instability tests."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch.utils.data import TensorDataset
 from tickets.data import DataSplits
 from tickets.train import TrainConfig
 
-#: A few hundred SGD steps of a 16-unit MLP: seconds on one core.
+#: 120 Adam steps of a small MLP: seconds on one core.
 TINY_CFG = TrainConfig(optimizer="adam", lr=3e-3, batch_size=100, iters=120)
 
 
