@@ -75,21 +75,10 @@ def add_arguments(parser) -> None:
 
 
 def _load_mask(path: str, params) -> dict:
-    import torch
+    from tickets.prune import check_mask
     from tickets.store import load_checkpoint
-    try:
-        mask, _ = load_checkpoint(path, check=False)
-    except Exception as e:  # CheckpointError names the file
-        raise UsageError(f"--mask: {e}") from e
-    for k, v in mask.items():
-        if k not in params:
-            raise UsageError(f"--mask {path}: tensor {k!r} is not in the checkpoint")
-        if tuple(v.shape) != tuple(params[k].shape):
-            raise UsageError(f"--mask {path}: tensor {k!r} has shape {tuple(v.shape)}, the "
-                             f"checkpoint's is {tuple(params[k].shape)}")
-        if v.dtype != torch.bool and not bool(((v == 0) | (v == 1)).all()):
-            raise UsageError(f"--mask {path}: tensor {k!r} is not a 0/1 mask")
-    return {k: v.bool() for k, v in mask.items()}
+    mask, _ = load_checkpoint(path, check=False)  # CheckpointError names the file
+    return check_mask(params, mask, f"--mask {path}")
 
 
 def _validate(args) -> None:

@@ -6,16 +6,13 @@ import json
 
 import pytest
 
-from tests.tiny_runs import files_under, make_run, tiny_data
+from tests.tiny_runs import files_under, make_seed_runs, tiny_data
 from tests.conftest import assert_user_error, run_cli
 
 
 @pytest.fixture(scope="module")
 def runs(mnist1d, tmp_path_factory):
-    base = tmp_path_factory.mktemp("runs")
-    data = tiny_data(mnist1d)
-    return {"r0": make_run(base / "r0", data, seed=0), "r1": make_run(base / "r1", data, seed=1),
-            "other": make_run(base / "other", data, seed=2, widths=(8,), levels=1)}
+    return make_seed_runs(tmp_path_factory.mktemp("runs"), tiny_data(mnist1d))
 
 
 def test_overlap_cli(runs, tmp_path):

@@ -46,3 +46,9 @@ def make_run(out: Path, data, *, seed: int, widths=(16,), levels=2) -> Path:
 
 def files_under(path: Path) -> set:
     return {p for p in Path(path).rglob("*") if p.is_file()}
+
+
+def make_seed_runs(base: Path, data) -> dict[str, Path]:
+    """Two tiny runs of one architecture (seeds 0 and 1) and one of another (``other``)."""
+    return {"r0": make_run(base / "r0", data, seed=0), "r1": make_run(base / "r1", data, seed=1),
+            "other": make_run(base / "other", data, seed=2, widths=(8,), levels=1)}
