@@ -104,64 +104,106 @@ def matching_objective(params_a: Mapping[str, torch.Tensor],
 
 
 class _Term:
-    """One ``(param, axis)`` of a group: its cached contribution ``A B'^T`` to ``C_group``."""
+    """One ``(param, axis)`` of a group whose other axes are permuted too: its cached
+    contribution ``A B'^T`` to ``C_group``, recomputed when those other axes' groups change."""
 
-    __slots__ = ("key", "axis", "group", "n", "a_mat", "b_moved", "others", "deps", "value",
+    __slots__ = ("key", "axis", "group", "n", "a_mat", "b_arr", "others", "deps", "value",
                  "dirty", "numel")
 
 
-def _move(t: torch.Tensor, axis: int, n: int, layout: tuple[int, int]) -> torch.Tensor:
-    """``t`` with the group's units first: shape ``(n, repeat, block, *other axes)``."""
+def _arrange(t: torch.Tensor, axis: int, n: int, layout: tuple[int, int],
+             others: list[int]) -> torch.Tensor:
+    """View of ``t`` with the other permuted axes first (in ``others`` order), then the
+    unpermuted axes, then the group's axis split as ``(repeat, block, n)``.
+
+    Made contiguous, this layout turns re-permuting the first other axis into a gather of
+    contiguous rows and the result reshapes to a ``(K, n)`` matrix without another copy.
+    """
     r, b = layout
-    x = t.movedim(axis, 0)
-    return x.reshape(r, n, b, *x.shape[1:]).transpose(0, 1)
+    shape = list(t.shape)
+    x = t.reshape(*shape[:axis], r, n, b, *shape[axis + 1:])
+
+    def pos(j):
+        return j if j < axis else j + 2
+
+    rest = [pos(j) for j in range(len(shape)) if j != axis and j not in others]
+    return x.permute([pos(j) for j in others] + rest + [axis, axis + 2, axis + 1])
 
 
 def _build_terms(spec, pa, pb, dtype):
+    """``(terms, const, const_numel, fixed, before)``: per group its :class:`_Term` list, the
+    summed contribution of the params whose only permuted axis is the group's (computed once,
+    one matmul per group) and their size, ``sum <A, B>`` over params with no permuted axis, and
+    the objective at the identity."""
     terms: dict[str, list[_Term]] = {g: [] for g in spec.groups}
+    const_parts: dict[str, tuple[list, list]] = {g: ([], []) for g in spec.groups}
+    const_numel = {g: 0 for g in spec.groups}
+    fixed = before = 0.0
     for k, groups in spec.axes.items():
-        if k not in pa or not pa[k].dtype.is_floating_point:
+        if k not in pa or not pa[k].dtype.is_floating_point or pa[k].numel() == 0:
             continue
-        for ax, g in enumerate(groups):
-            if g is None:
+        a, b = pa[k].to(dtype), pb[k].to(dtype)
+        permuted = [j for j, g in enumerate(groups) if g is not None]
+        if not permuted:
+            fixed += float(torch.dot(a.reshape(-1), b.reshape(-1)))
+            continue
+        if len(permuted) > 1:
+            before += float(torch.dot(a.reshape(-1), b.reshape(-1)))
+        for ax in permuted:
+            g = groups[ax]
+            n = spec.sizes[g]
+            others = [j for j in permuted if j != ax]
+            layout = spec.layout(k, ax)
+            if not others:
+                if a.dim() == 1 and layout == (1, 1):  # the common case, kept cheap
+                    const_parts[g][0].append(a.view(n, 1))
+                    const_parts[g][1].append(b.view(1, n))
+                else:
+                    const_parts[g][0].append(_arrange(a, ax, n, layout, []).reshape(-1, n).T)
+                    const_parts[g][1].append(_arrange(b, ax, n, layout, []).reshape(-1, n))
+                const_numel[g] += a.numel()
                 continue
             t = _Term()
-            t.key, t.axis, t.group, t.n = k, ax, g, spec.sizes[g]
-            layout = spec.layout(k, ax)
-            t.a_mat = _move(pa[k].to(dtype), ax, t.n, layout).reshape(t.n, -1)
-            t.b_moved = _move(pb[k].to(dtype), ax, t.n, layout)
-            # other permuted axes: position in b_moved, group, layout
-            t.others = [(3 + (j if j < ax else j - 1), h, spec.layout(k, j))
-                        for j, h in enumerate(groups) if h is not None and j != ax]
-            t.deps = {h for _, h, _ in t.others}
-            t.value, t.dirty, t.numel = None, True, pa[k].numel()
+            t.key, t.axis, t.group, t.n = k, ax, g, n
+            t.a_mat = _arrange(a, ax, n, layout, others).reshape(-1, n).T
+            t.b_arr = _arrange(b, ax, n, layout, others).contiguous()
+            # (dim of b_arr, group, layout) of each other permuted axis
+            t.others = [(d, groups[j], spec.layout(k, j)) for d, j in enumerate(others)]
+            t.deps = {groups[j] for j in others}
+            t.value, t.dirty, t.numel = None, True, a.numel()
             terms[g].append(t)
-    return terms
+    const = {}
+    for g, (a_list, b_list) in const_parts.items():
+        if a_list:
+            const[g] = (torch.cat(a_list, dim=1) @ torch.cat(b_list, dim=0)).to(torch.float64)
+            before += float(const[g].diagonal().sum())
+    return terms, const, const_numel, fixed, fixed + before
 
 
 def _contribution(t: _Term, perm) -> torch.Tensor:
-    b = t.b_moved
-    for pos, h, layout in t.others:
-        b = b.index_select(pos, expand_index(perm[h], layout))
-    return (t.a_mat @ b.reshape(t.n, -1).T).to(torch.float64)
+    b = t.b_arr
+    for dim, h, layout in t.others:
+        b = b.index_select(dim, expand_index(perm[h], layout))
+    return (t.a_mat @ b.reshape(-1, t.n)).to(torch.float64)
 
 
-def _lap(cost: torch.Tensor) -> torch.Tensor:
-    c = cost.detach().cpu().numpy()
+def _lap(c: np.ndarray) -> np.ndarray:
+    """The assignment ``i -> out[i]`` maximising ``sum_i c[i, out[i]]`` (int64 array)."""
     if not np.isfinite(c).all():
         raise MismatchError("non-finite weights: the matching cost is not finite")
     # If every row's best column is a different column, that assignment attains the upper
     # bound sum_i max_j c_ij and is optimal: no need for the O(n^3) solver.
     best = c.argmax(axis=1)
-    if len(np.unique(best)) == len(best):
-        return torch.from_numpy(best.astype(np.int64))
+    if np.bincount(best, minlength=len(best)).max(initial=0) <= 1:
+        return best.astype(np.int64)
     rows, cols = linear_sum_assignment(c, maximize=True)
     out = np.empty(len(rows), dtype=np.int64)
     out[rows] = cols
-    return torch.from_numpy(out)
+    return out
 
 
-def _descend(spec, terms, perm, order_rng, max_iter, progressive, stats, device):
+def _descend(spec, terms, const, const_numel, perm, order_rng, max_iter, progressive, stats,
+             device):
     """Coordinate descent from ``perm`` (optionally after a progressive start); returns
     (perm, sweeps, converged)."""
     groups = spec.groups
@@ -173,7 +215,7 @@ def _descend(spec, terms, perm, order_rng, max_iter, progressive, stats, device)
     perm = {g: p.to(device) for g, p in perm.items()}
 
     def cost(g, usable=None):
-        total = None
+        total = const.get(g)
         for t in terms[g]:
             if usable is not None and not t.deps <= usable:
                 continue
@@ -191,19 +233,20 @@ def _descend(spec, terms, perm, order_rng, max_iter, progressive, stats, device)
 
     stale: set[str] = set(groups)
     if progressive:
+        size = {g: sum(t.numel for t in terms[g]) + const_numel[g] for g in groups}
         solved: set[str] = set()
         remaining = list(groups)
         while remaining:
             best, best_score = None, -1.0
             for g in remaining:
-                tot = sum(t.numel for t in terms[g]) or 1
-                score = sum(t.numel for t in terms[g] if t.deps <= solved) / tot
+                ready = sum(t.numel for t in terms[g] if t.deps <= solved) + const_numel[g]
+                score = ready / (size[g] or 1)
                 if score > best_score:
                     best, best_score = g, score
             g = best
             c = cost(g, usable=solved if best_score > 0 else None)
             if c is not None:
-                set_perm(g, _lap(c))
+                set_perm(g, torch.from_numpy(_lap(c.cpu().numpy())))
                 stats[g]["solves"] += 1
             solved.add(g)
             remaining.remove(g)
@@ -220,21 +263,44 @@ def _descend(spec, terms, perm, order_rng, max_iter, progressive, stats, device)
             c = cost(g)
             if c is None:
                 continue
-            c = c.cpu()
+            c = c.cpu().numpy()
             new = _lap(c)
             stats[g]["solves"] += 1
-            rows = torch.arange(len(new))
-            old_val = float(c[rows, perm[g].cpu()].sum())
+            rows = np.arange(len(new))
+            cur = perm[g].cpu().numpy()
+            old_val = float(c[rows, cur].sum())
             new_val = float(c[rows, new].sum())
             if new_val > old_val + 1e-9 * max(1.0, abs(old_val)) and \
-                    not torch.equal(new, perm[g].cpu()):
-                set_perm(g, new)
+                    not np.array_equal(new, cur):
+                set_perm(g, torch.from_numpy(new))
                 stale.discard(g)  # its own cost does not depend on itself
                 improved = True
         if not improved or not stale:
             converged = True
             break
     return {g: p.cpu() for g, p in perm.items()}, sweeps, converged
+
+
+def _objective(terms, const, fixed, perm) -> float:
+    """``sum_k <W_k^A, P(W_k^B)>`` from the cached costs: ``sum_i C[i, P_g(i)]`` of each group's
+    constant part, plus one term per param with several permuted axes (recomputed if stale)."""
+    total = fixed
+    rows = {}
+    for g, c in const.items():
+        rows[g] = torch.arange(c.shape[0], device=c.device)
+        total += float(c[rows[g], perm[g].to(c.device)].sum())
+    seen = set()
+    for g, ts in terms.items():
+        for t in ts:
+            if t.key in seen:
+                continue
+            seen.add(t.key)
+            if t.dirty or t.value is None:
+                t.value, t.dirty = _contribution(t, {h: p.to(t.a_mat.device)
+                                                     for h, p in perm.items()}), False
+            r = torch.arange(t.n, device=t.value.device)
+            total += float(t.value[r, perm[g].to(t.value.device)].sum())
+    return total
 
 
 def weight_matching(spec: PermutationSpec, params_a: Mapping[str, torch.Tensor],
@@ -272,9 +338,12 @@ def weight_matching(spec: PermutationSpec, params_a: Mapping[str, torch.Tensor],
     pa = {k: v.to(device) for k, v in params_a.items()}
     pb = {k: v.to(device) for k, v in params_b.items()}
     rng = np.random.default_rng(seed)
+    terms, const, const_numel, fixed, before = _build_terms(spec, pa, pb, dtype)
     best = None
     for r in range(restarts):
-        terms = _build_terms(spec, pa, pb, dtype)
+        for ts in terms.values():
+            for t in ts:
+                t.value, t.dirty = None, True
         stats = {g: {"size": spec.sizes[g], "solves": 0} for g in spec.groups}
         if r == 0:
             start = dict(identity_permutation(spec))
@@ -283,14 +352,14 @@ def weight_matching(spec: PermutationSpec, params_a: Mapping[str, torch.Tensor],
             prog = progressive and init is None
         else:
             start, prog = random_permutation(spec, seed + 7919 * r), False
-        perm, sweeps, conv = _descend(spec, terms, start, rng, max_iter, prog, stats, device)
-        obj = matching_objective(pa, apply_permutation(spec, perm, pb))
+        perm, sweeps, conv = _descend(spec, terms, const, const_numel, start, rng, max_iter,
+                                      prog, stats, device)
+        obj = _objective(terms, const, fixed, perm)
         if best is None or obj > best[0]:
             best = (obj, perm, sweeps, conv, stats)
     obj, perm, sweeps, conv, stats = best
     for g, p in perm.items():
         stats[g]["fixed_points"] = int((p == torch.arange(len(p))).sum())
-    before = matching_objective(pa, pb)
     return MatchResult(perm=perm, method="weight", objective_before=before,
                        objective_after=obj, iterations=sweeps, per_group=stats,
                        time=time.perf_counter() - t0, converged=conv, restarts=restarts)
@@ -406,7 +475,7 @@ def activation_matching(model: nn.Module, spec: PermutationSpec,
         va = (acc["saa"] / m - ma.pow(2)).clamp_min(0).sqrt()
         vb = (acc["sbb"] / m - mb.pow(2)).clamp_min(0).sqrt()
         corr = ((acc["sab"] / m - torch.outer(ma, mb)) / (torch.outer(va, vb) + eps)).cpu()
-        p = _lap(corr)
+        p = torch.from_numpy(_lap(corr.numpy()))
         perm[g] = p
         rows = torch.arange(n)
         cb, ca = float(corr.diagonal().mean()), float(corr[rows, p].mean())
