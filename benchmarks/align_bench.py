@@ -132,6 +132,9 @@ def main(argv=None):
     parser.add_argument("--kinds", nargs="+", default=["init", "planted"],
                         choices=["init", "planted"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--min-time", type=float, default=1.0,
+                        help="repeat ours and ref until each took this long (seconds) in all: "
+                             "sub-10 ms runs need many repeats for a stable median")
     parser.add_argument("--seeds", type=int, default=1, help="planted pairs per model")
     parser.add_argument("--no-rebasin", action="store_true")
     parser.add_argument("--no-ref", action="store_true")
@@ -156,16 +159,20 @@ def main(argv=None):
                 model, spec, pa, pb, planted = make_pair(name, kind, seed)
                 times = {"ours": [], "ref": [], "rebasin": [], "rebasin_search": []}
                 results = {}
-                for rep in range(args.repeats):
+                rep, rebasin_ok = 0, have_rebasin
+                while rep < args.repeats or (
+                        sum(times["ours"]) < args.min_time
+                        or (not args.no_ref and sum(times["ref"]) < args.min_time)):
                     t0 = time.perf_counter()
                     res = weight_matching(spec, pa, pb, seed=seed)
                     times["ours"].append(time.perf_counter() - t0)
                     results["ours"] = res.perm
-                    if not args.no_ref and (rep == 0 or args.repeats > 1):
+                    if not args.no_ref and (len(times["ref"]) < args.repeats
+                                            or sum(times["ref"]) < args.min_time):
                         t0 = time.perf_counter()
                         results["ref"] = reference_loop(spec, pa, pb, seed=seed)
                         times["ref"].append(time.perf_counter() - t0)
-                    if have_rebasin:
+                    if rebasin_ok and rep < args.repeats:
                         try:
                             out, total, search = run_rebasin(model, shape, pa, pb, seed)
                             results["rebasin"] = out
@@ -174,7 +181,8 @@ def main(argv=None):
                         except Exception as e:  # report, keep benchmarking the others
                             print(f"# rebasin failed on {name}: {type(e).__name__}: {e}")
                             times["rebasin"] = []
-                            break
+                            rebasin_ok = False
+                    rep += 1
                 base = statistics.median(times["ours"])
                 for method in ("ours", "ref", "rebasin"):
                     if not times[method]:
@@ -189,7 +197,7 @@ def main(argv=None):
                         rec = recovery(spec, results[method], planted)
                         extra = ""
                     obj = matching_objective(pa, aligned)
-                    row = (name, kind, str(seed), method, f"{t:.2f}{extra}",
+                    row = (name, kind, str(seed), method, f"{t:.4f}{extra}",
                            f"{t / base:.1f}x", f"{obj:.6g}", f"{l2(pa, aligned):.6g}",
                            "" if rec != rec else f"{100 * rec:.1f}%")
                     print("| " + " | ".join(row) + " |", flush=True)

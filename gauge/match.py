@@ -182,8 +182,14 @@ def _build_terms(spec, pa, pb, dtype):
 
 def _contribution(t: _Term, perm) -> torch.Tensor:
     b = t.b_arr
-    for dim, h, layout in t.others:
-        b = b.index_select(dim, expand_index(perm[h], layout))
+    (_, h, layout), *more = t.others
+    # a row gather of the 2-D view is several times faster than index_select on dim 0 of the
+    # n-D tensor
+    b = b.reshape(b.shape[0], -1).index_select(0, expand_index(perm[h], layout))
+    if more:
+        b = b.reshape(t.b_arr.shape)
+        for dim, h, layout in more:
+            b = b.index_select(dim, expand_index(perm[h], layout))
     return (t.a_mat @ b.reshape(-1, t.n)).to(torch.float64)
 
 
