@@ -180,12 +180,21 @@ def _build_terms(spec, pa, pb, dtype):
     return terms, const, const_numel, fixed, fixed + before
 
 
-def _contribution(t: _Term, perm) -> torch.Tensor:
+def _contribution(t: _Term, perm, scratch: dict) -> torch.Tensor:
+    """``A B'^T`` at the current permutation of the term's other axes. The re-permuted B goes
+    into ``scratch["buf"]``, reused across calls: a fresh multi-MB tensor per call costs more in
+    page faults than the gather itself."""
     b = t.b_arr
     (_, h, layout), *more = t.others
     # a row gather of the 2-D view is several times faster than index_select on dim 0 of the
     # n-D tensor
-    b = b.reshape(b.shape[0], -1).index_select(0, expand_index(perm[h], layout))
+    rows = b.reshape(b.shape[0], -1)
+    buf = scratch.get("buf")
+    if buf is None or buf.numel() < rows.numel() or buf.dtype != rows.dtype or \
+            buf.device != rows.device:
+        buf = scratch["buf"] = torch.empty(rows.numel(), dtype=rows.dtype, device=rows.device)
+    b = torch.index_select(rows, 0, expand_index(perm[h], layout),
+                           out=buf[:rows.numel()].view(rows.shape))
     if more:
         b = b.reshape(t.b_arr.shape)
         for dim, h, layout in more:
@@ -209,7 +218,7 @@ def _lap(c: np.ndarray) -> np.ndarray:
 
 
 def _descend(spec, terms, const, const_numel, perm, order_rng, max_iter, progressive, stats,
-             device):
+             device, scratch):
     """Coordinate descent from ``perm`` (optionally after a progressive start); returns
     (perm, sweeps, converged)."""
     groups = spec.groups
@@ -226,7 +235,7 @@ def _descend(spec, terms, const, const_numel, perm, order_rng, max_iter, progres
             if usable is not None and not t.deps <= usable:
                 continue
             if t.dirty or t.value is None:
-                t.value = _contribution(t, perm)
+                t.value = _contribution(t, perm, scratch)
                 t.dirty = False
             total = t.value if total is None else total + t.value
         return total
@@ -287,14 +296,13 @@ def _descend(spec, terms, const, const_numel, perm, order_rng, max_iter, progres
     return {g: p.cpu() for g, p in perm.items()}, sweeps, converged
 
 
-def _objective(terms, const, fixed, perm) -> float:
+def _objective(terms, const, fixed, perm, scratch) -> float:
     """``sum_k <W_k^A, P(W_k^B)>`` from the cached costs: ``sum_i C[i, P_g(i)]`` of each group's
     constant part, plus one term per param with several permuted axes (recomputed if stale)."""
     total = fixed
-    rows = {}
     for g, c in const.items():
-        rows[g] = torch.arange(c.shape[0], device=c.device)
-        total += float(c[rows[g], perm[g].to(c.device)].sum())
+        rows = torch.arange(c.shape[0], device=c.device)
+        total += float(c[rows, perm[g].to(c.device)].sum())
     seen = set()
     for g, ts in terms.items():
         for t in ts:
@@ -303,7 +311,7 @@ def _objective(terms, const, fixed, perm) -> float:
             seen.add(t.key)
             if t.dirty or t.value is None:
                 t.value, t.dirty = _contribution(t, {h: p.to(t.a_mat.device)
-                                                     for h, p in perm.items()}), False
+                                                     for h, p in perm.items()}, scratch), False
             r = torch.arange(t.n, device=t.value.device)
             total += float(t.value[r, perm[g].to(t.value.device)].sum())
     return total
@@ -345,6 +353,7 @@ def weight_matching(spec: PermutationSpec, params_a: Mapping[str, torch.Tensor],
     pb = {k: v.to(device) for k, v in params_b.items()}
     rng = np.random.default_rng(seed)
     terms, const, const_numel, fixed, before = _build_terms(spec, pa, pb, dtype)
+    scratch: dict = {}
     best = None
     for r in range(restarts):
         for ts in terms.values():
@@ -359,8 +368,8 @@ def weight_matching(spec: PermutationSpec, params_a: Mapping[str, torch.Tensor],
         else:
             start, prog = random_permutation(spec, seed + 7919 * r), False
         perm, sweeps, conv = _descend(spec, terms, const, const_numel, start, rng, max_iter,
-                                      prog, stats, device)
-        obj = _objective(terms, const, fixed, perm)
+                                      prog, stats, device, scratch)
+        obj = _objective(terms, const, fixed, perm, scratch)
         if best is None or obj > best[0]:
             best = (obj, perm, sweeps, conv, stats)
     obj, perm, sweeps, conv, stats = best
