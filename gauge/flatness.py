@@ -468,16 +468,6 @@ def _wanted(theta: np.ndarray, k: int, which: str) -> np.ndarray:
     return np.unique(np.r_[np.arange(min(k, m)), np.arange(max(0, m - k), m)])
 
 
-def _eigh_tridiagonal(alpha: list[float], beta: list[float]):
-    """Eigenpairs of the small symmetric tridiagonal Lanczos matrix (dense ``eigh``: for the
-    few dozen steps used here it is several times faster than ``eigh_tridiagonal``)."""
-    t = np.diag(np.asarray(alpha))
-    if beta:
-        off = np.asarray(beta)
-        t += np.diag(off, 1) + np.diag(off, -1)
-    return np.linalg.eigh(t)
-
-
 def _lanczos_extreme(op: "HessianOperator", k: int, which: str, tol: float, v0: np.ndarray,
                      max_steps: int):
     """Lanczos with full reorthogonalisation (float64 basis), stopped as soon as every wanted
@@ -519,7 +509,8 @@ def _lanczos_extreme(op: "HessianOperator", k: int, which: str, tol: float, v0: 
             w -= q.T @ (q @ w)   # only after the first cancelled much of w
             b = float(w.norm())
         alpha.append(a)
-        theta, s = _eigh_tridiagonal(alpha, beta)
+        theta, s = scipy.linalg.eigh_tridiagonal(np.asarray(alpha), np.asarray(beta),
+                                                 check_finite=False)
         idx = _wanted(theta, k, which)
         n_want = 2 * k if which == "both" else k
         invariant = b <= 1e-12 * max(1.0, float(np.abs(theta).max()))
