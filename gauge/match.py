@@ -13,7 +13,12 @@ Two things make this implementation fast and robust:
 
 * Every ``(param, axis)`` contribution ``A_k B_k'^T`` is cached; when a group's permutation
   changes only the contributions of params touching it are recomputed, and a group whose
-  contributions did not change is not re-solved (its optimum cannot have moved).
+  contributions did not change is not re-solved (its optimum cannot have moved). Params with
+  one permuted axis (biases, norm params, the first and last layers) never change: they are
+  summed into one constant per group with a single matmul. B is stored once per term with the
+  other permuted axis first, so re-permuting it is a gather of contiguous rows, and the
+  objective is read off the cached costs. On a planted permutation every contribution is
+  computed exactly once, the minimum for certifying a coordinate-wise optimum.
 * A progressive start: instead of sweeping from the identity, groups are first solved in
   order from the input side, each using only the terms whose other axes are unpermuted or
   already solved. From the identity the plain loop stalls in a poor local optimum on wide
