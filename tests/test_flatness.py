@@ -101,6 +101,22 @@ def test_linear_regression_matches_2_over_n_xtx():
     assert tr.n_hvp == 30
 
 
+def test_top_eigenvalue_found_when_the_gradient_points_at_the_second():
+    """A near-degenerate top pair (10 vs 9.9) with the gradient exactly along the second
+    eigenvector: the gradient start must not make Lanczos stop at 9.9."""
+    gen = torch.Generator().manual_seed(3)
+    n, d = 400, 40
+    eig = torch.cat([torch.tensor([10.0, 9.9, 5.0]), torch.linspace(1.0, 0.1, d - 3)])
+    u, _ = torch.linalg.qr(torch.randn(n, d, generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    x = ((n / 2) ** 0.5 * u * eig.double().sqrt()) @ v.T  # H = 2/n X^T X = V diag(eig) V^T
+    model = nn.Linear(d, 1, bias=False)
+    params = {"weight": v[:, 1].float().view(1, d)}  # y = 0: gradient = H w = 9.9 v_2
+    res = fl.hessian_eigenvalues(model, params, (x.float(), torch.zeros(n, 1)), mse, k=1,
+                                 tol=1e-6)
+    assert abs(res.values[-1] - 10.0) / 10.0 < 1e-5
+
+
 def test_mlp_eigenvalues_and_trace_match_dense(trained):
     model, params, x, y = trained
     h = dense_hessian(model, params, x, y)
