@@ -235,15 +235,25 @@ def _descend(spec, terms, const, const_numel, perm, order_rng, max_iter, progres
     perm = {g: p.to(device) for g, p in perm.items()}
 
     def cost(g, usable=None):
-        total = const.get(g)
+        """``C_g`` (only the terms whose other axes are in ``usable``, if given). A sum of
+        several parts is written into a reused buffer: read it before the next call."""
+        parts = [const[g]] if g in const else []
         for t in terms[g]:
             if usable is not None and not t.deps <= usable:
                 continue
             if t.dirty or t.value is None:
                 t.value = _contribution(t, perm, scratch)
                 t.dirty = False
-            total = t.value if total is None else total + t.value
-        return total
+            parts.append(t.value)
+        if len(parts) <= 1:
+            return parts[0] if parts else None
+        buf = scratch.get(("cost", parts[0].shape))
+        if buf is None:
+            buf = scratch[("cost", parts[0].shape)] = torch.empty_like(parts[0])
+        torch.add(parts[0], parts[1], out=buf)
+        for x in parts[2:]:
+            buf.add_(x)
+        return buf
 
     def set_perm(g, p):
         perm[g] = p.to(device)
