@@ -237,19 +237,19 @@ class _Labels:
             self.parent[x], x = root, self.parent[x]
         return root
 
-    def fix(self, x: int) -> None:
+    def _spread(self, flags: list[bool], x: int) -> None:
+        """Set ``flags`` on ``x``'s class and, recursively, on its factors."""
         r = self.find(x)
-        self.fixed[r] = True
+        flags[r] = True
         for f in self.factors.get(r, ()):
-            if not self.fixed[self.find(f)]:
-                self.fix(f)
+            if not flags[self.find(f)]:
+                self._spread(flags, f)
+
+    def fix(self, x: int) -> None:
+        self._spread(self.fixed, x)
 
     def mark_bad(self, x: int) -> None:
-        r = self.find(x)
-        self.bad[r] = True
-        for f in self.factors.get(r, ()):
-            if not self.bad[self.find(f)]:
-                self.mark_bad(f)
+        self._spread(self.bad, x)
 
     def set_factors(self, x: int, parts: list[int]) -> None:
         r = self.find(x)
