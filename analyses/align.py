@@ -57,7 +57,7 @@ def run(args) -> int:
     import torch
 
     from gauge import align, function_distance, infer_spec
-    from gauge.match import check_pair
+    from gauge.errors import check_same_keys as check_pair
     from tickets.store import check_params, load_checkpoint, model_from_meta, save_checkpoint
 
     out = ensure_output_path(args.out, "checkpoint")

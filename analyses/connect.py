@@ -187,7 +187,7 @@ def run(args) -> int:
     naive = linear_path(model, pa, pb, path_data, **kw)
     aligned = None
     if args.align:
-        from gauge.spec import infer_spec
+        from gauge.infer import infer_spec
         spec = infer_spec(model, example_input(meta_a))
         pb_aligned, _ = align_params(model, spec, pa, pb, args.align, data, seed=args.seed,
                                      device=device)
@@ -272,7 +272,7 @@ def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None, bn
     (at most ``max_pairs`` pairs) at every level in ``levels`` (default: the levels all runs
     have). Each (pair, level) is cached in ``RUN_A/analyses/connect-<key>.json``."""
     from gauge.connect import PathResult, linear_path
-    from gauge.spec import infer_spec
+    from gauge.infer import infer_spec
     from tickets.imp import build_run_model, load_level, load_run_data, open_run
 
     check_points(points)

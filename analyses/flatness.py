@@ -118,7 +118,7 @@ def run(args) -> int:
     import numpy as np
 
     from analyses.common import load_checkpoint_for_cli
-    from gauge import flatness as fl
+    import gauge as fl
     from tickets.data import load_dataset
 
     _validate(args)
@@ -170,7 +170,8 @@ def run(args) -> int:
                                adaptive=not args.no_adaptive, norm=args.norm, **common_s, **gf)
             out["sharpness"] = {"kind": args.sharpness, "rho": args.rho, "norm": args.norm,
                                 "adaptive": not args.no_adaptive,
-                                "value": res.to_dict() if hasattr(res, "to_dict") else res}
+                                "value": res.value if isinstance(res, fl.SharpnessResult) else
+                                {"raw": res.raw.value, "gauge_fixed": res.gauge_fixed.value}}
         land = None
         if args.landscape == "1d":
             n = args.steps or 41
@@ -300,7 +301,7 @@ def _options_key(options: dict) -> str:
 
 
 def _level_row(run, level, control, model, xy, options, device) -> dict:
-    from gauge import flatness as fl
+    import gauge as fl
     from tickets.imp import load_level
     files = load_level(run, level, control=control)
     params, mask = files.final, files.mask
@@ -309,7 +310,7 @@ def _level_row(run, level, control, model, xy, options, device) -> dict:
     tr = fl.hessian_trace(model, params, xy, n_samples=options["trace_samples"],
                           method="hutch++", gauge_fixed=True, **common)
     sharp = fl.sharpness(model, params, xy, rho=options["rho"], kind="worst", adaptive=True,
-                         steps=options["sharpness_steps"], **common)
+                         steps=options["sharpness_steps"], **common).value
     total = sum(int(m.numel()) for m in mask.values())
     kept = sum(int(m.sum()) for m in mask.values())
     return {"run": str(run.path), "level": int(level), "control": control,

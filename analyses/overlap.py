@@ -96,7 +96,7 @@ def _analyse(runs, level: int, align: str | None, device, state: dict) -> dict:
     spec = None
     if align:
         if "perms" not in state:
-            from gauge.spec import infer_spec
+            from gauge.infer import infer_spec
             model = build_run_model(runs[0])
             spec = infer_spec(model, example_input(runs[0].meta))
             data = load_run_data(runs[0]) if align == "activation" else None

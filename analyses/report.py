@@ -507,7 +507,7 @@ def compute_permutation(runs: Sequence[Run], *, level: int = 0, device="cpu") ->
     import torch
     try:
         from gauge.match import weight_matching
-        from gauge.spec import infer_spec
+        from gauge.infer import infer_spec
         from gauge.symmetry import apply_permutation
     except ImportError as e:
         raise _Skip(f"gauge alignment not in this build ({e})") from e
@@ -697,8 +697,8 @@ class LandscapeResult:
 def compute_landscape(runs: Sequence[Run], *, levels=(), device="cpu", quick: bool = False,
                       subset: int = 512, seed: int = 0) -> LandscapeResult:
     try:
-        import gauge.flatness as F
-        from gauge.spec import infer_spec
+        import gauge as F
+        from gauge.infer import infer_spec
     except ImportError as e:
         raise _Skip(f"gauge.flatness is not part of this build ({e})") from e
     from tickets.imp import build_run_model, load_level, load_run_data, open_run

@@ -74,7 +74,7 @@ def transfer(run_a, run_b, level: int, *, align: str = "weight", seed: int = 0, 
              ) -> TransferResult:
     """The computation behind ``gauge transfer`` (runs: paths or ``RunInfo``)."""
     from gauge.overlap import mask_overlap
-    from gauge.spec import infer_spec
+    from gauge.infer import infer_spec
     from gauge.symmetry import apply_permutation, invert
     from tickets.imp import build_run_model, load_level, load_run_data, open_run
     from tickets.prune import random_mask

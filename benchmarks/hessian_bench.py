@@ -37,7 +37,7 @@ def trained_mlp(iters: int, widths):
 def exact_top_eigenvalue(model, params, x, y, dense_limit=4000) -> tuple[float, str]:
     """lambda_max in float64: dense eigvalsh up to ``dense_limit`` params, else ARPACK on
     float64 HVPs to tol 1e-12 (cross-checked against the dense value on the small model)."""
-    from gauge.flatness import hessian_eigenvalues, hvp
+    from gauge.hessian import hessian_eigenvalues, hvp
     p64 = {k: v.double() for k, v in params.items()}
     op = hvp(model.double(), p64, (x.double(), y), nn.functional.cross_entropy)
     n = op.shape[0]
@@ -55,7 +55,7 @@ def exact_top_eigenvalue(model, params, x, y, dense_limit=4000) -> tuple[float, 
 
 
 def run_ours(model, params, x, y, seed, tol):
-    from gauge.flatness import hessian_eigenvalues
+    from gauge.hessian import hessian_eigenvalues
     t = time.perf_counter()
     res = hessian_eigenvalues(model, params, (x, y), nn.functional.cross_entropy, k=1,
                               tol=tol, seed=seed, residuals=False)

@@ -45,7 +45,9 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from gauge.errors import ConnectError, MismatchError
+from gauge.errors import ConnectError, MismatchError, check_same_keys
+from gauge.objective import mean_loss
+from gauge.results import Result
 
 __all__ = ["interpolate", "linear_path", "PathResult", "barriers", "BN_MODES"]
 
@@ -58,20 +60,6 @@ _REPAIR_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 # --------------------------------------------------------------------------------------------
 # interpolation
-
-
-def _check_pair(params_a: Mapping[str, torch.Tensor], params_b: Mapping[str, torch.Tensor]):
-    if set(params_a) != set(params_b):
-        only_a = sorted(set(params_a) - set(params_b))
-        only_b = sorted(set(params_b) - set(params_a))
-        what = (f"{only_a[0]!r} is only in A" if only_a else f"{only_b[0]!r} is only in B")
-        raise MismatchError(f"params A and B are not the same architecture: {what} "
-                            f"({len(only_a)} key(s) only in A, {len(only_b)} only in B)")
-    for k, a in params_a.items():
-        b = params_b[k]
-        if tuple(a.shape) != tuple(b.shape):
-            raise MismatchError(f"tensor {k!r} has shape {tuple(a.shape)} in A but "
-                                f"{tuple(b.shape)} in B")
 
 
 def interpolate(params_a: Mapping[str, torch.Tensor], params_b: Mapping[str, torch.Tensor],
@@ -87,7 +75,7 @@ def interpolate(params_a: Mapping[str, torch.Tensor], params_b: Mapping[str, tor
     alpha = float(alpha)
     if not math.isfinite(alpha):
         raise ConnectError(f"alpha must be a finite number, got {alpha}")
-    _check_pair(params_a, params_b)
+    check_same_keys(params_a, params_b)
     out = {}
     for k, a in params_a.items():
         b = params_b[k]
@@ -131,7 +119,7 @@ def barriers(alphas: Sequence[float], loss: Sequence[float], error: Sequence[flo
 
 
 @dataclass(frozen=True)
-class PathResult:
+class PathResult(Result):
     """Loss and error along ``theta(alpha)`` on ``split`` (and on the training set when asked),
     with the barriers of :func:`barriers`.
 
@@ -155,13 +143,6 @@ class PathResult:
     train_midpoint_error: float | None = None
     n_eval: int = 0
     n_stats: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "PathResult":
@@ -324,6 +305,117 @@ def _fresh_bn_buffers(bns: dict[str, nn.Module], params: dict[str, torch.Tensor]
                 params[prefix + key] = init(params[prefix + key])
 
 
+def _labelled_batches(x_all: torch.Tensor, y_all: torch.Tensor, batch_size: int, device
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for i in range(0, len(y_all), batch_size):
+        yield (x_all[i:i + batch_size].to(device, non_blocking=True),
+               y_all[i:i + batch_size].to(device, non_blocking=True))
+
+
+def _path_splits(data, split: str, bn: str, needs_stats: bool, train_metrics: bool):
+    """``(eval_x, eval_y, train_x, train_y)``; the training pair is ``(None, None)`` when absent
+    and not needed, a :class:`ConnectError` when needed."""
+    if _split(data, split) is None:
+        raise ConnectError(f"data has no {split!r} split to evaluate the path on")
+    eval_x, eval_y = _xy(_split(data, split), split)
+    train_split = _split(data, "train")
+    if (needs_stats or train_metrics) and train_split is None:
+        why = ("bn='reset' recomputes BatchNorm statistics" if bn == "reset" else
+               "bn='repair' measures channel statistics")
+        if not needs_stats:
+            why = "train_metrics=True evaluates on it"
+        raise ConnectError(f"no training data: {why} on training batches; pass data with a "
+                           f"'train' split (or use bn='none')")
+    train_x, train_y = _xy(train_split, "train") if train_split is not None else (None, None)
+    return eval_x, eval_y, train_x, train_y
+
+
+class _Path:
+    """One private copy of the model walking the path: statistics passes over the training
+    inputs (BatchNorm in training mode, REPAIR hooks), evaluation passes in eval mode."""
+
+    def __init__(self, model: nn.Module, bn: str, batch_size: int, stats_samples: int | None,
+                 device: torch.device):
+        self.work = copy.deepcopy(model).to(device)
+        self.bns = _bn_modules(self.work)
+        self.needs_stats = (bn == "reset" and bool(self.bns)) or bn == "repair"
+        self.train_x: torch.Tensor | None = None  # set once the data is checked
+        self.batch_size = batch_size
+        self.stats_samples, self.device = stats_samples, device
+        self.repair = _Repair(_repair_points(self.work)) if bn == "repair" else None
+        self.ends: list[dict] = []
+        self.n_eval = self.n_stats = 0
+
+    def check_fits(self, params: Mapping[str, torch.Tensor]) -> None:
+        expected = set(self.work.state_dict())
+        if set(params) != expected:
+            missing = sorted(expected - set(params))
+            extra = sorted(set(params) - expected)
+            what = f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}"
+            raise MismatchError(f"params do not fit the model: {what}")
+
+    def _set_mode(self, stats: bool) -> None:
+        self.work.eval()
+        if stats:
+            for m in self.bns.values():
+                m.train()
+
+    def _train_pass(self, params, stats: bool) -> None:
+        self._set_mode(stats)
+        for x in _batches(self.train_x, self.batch_size, self.device, self.stats_samples):
+            torch.func.functional_call(self.work, params, (x,))
+        self._set_mode(False)
+        self.n_stats += 1
+
+    def collect_endpoints(self, pa, pb) -> None:
+        """Each endpoint's channel statistics at the repair points, with its own BN stats."""
+        for p in (pa, pb):
+            self.repair.mode = "collect"
+            self._train_pass(p, stats=False)
+            self.ends.append(self.repair.take_stats())
+
+    def prepare(self, params: dict[str, torch.Tensor], alpha: float) -> None:
+        """Recompute ``params``' BN statistics (and the REPAIR correction) at ``alpha``."""
+        if not self.needs_stats:
+            return
+        _fresh_bn_buffers(self.bns, params)
+        rep = self.repair
+        if rep is not None:
+            rep.target = {n: ((1 - alpha) * self.ends[0][n][0] + alpha * self.ends[1][n][0],
+                              (1 - alpha) * self.ends[0][n][1] + alpha * self.ends[1][n][1])
+                          for n in rep.modules}
+            rep.mode = "stats"
+        self._train_pass(params, stats=True)
+        if rep is not None:
+            rep.affine = {}
+            for n, (mu, sd) in rep.take_stats().items():
+                t_mu, t_sd = rep.target[n]
+                scale = t_sd / torch.sqrt(sd * sd + rep.eps)
+                rep.affine[n] = (scale, t_mu - mu * scale)
+            rep.mode = "apply"
+
+    def evaluate(self, params, x_all, y_all) -> tuple[float, float]:
+        """Mean cross-entropy and top-1 error of ``params`` on ``(x_all, y_all)``."""
+        self._set_mode(False)
+        self.n_eval += 1
+        return mean_loss(self.work, params,
+                         _labelled_batches(x_all, y_all, self.batch_size, self.device),
+                         error=True)
+
+    def close(self) -> None:
+        if self.repair is not None:
+            self.repair.remove()
+
+
+def _check_path_options(bn: str, split: str, batch_size: int) -> None:
+    if bn not in BN_MODES:
+        raise ConnectError(f"bn must be one of {', '.join(BN_MODES)}, got {bn!r}")
+    if split not in ("train", "test"):
+        raise ConnectError(f"split must be 'train' or 'test', got {split!r}")
+    if int(batch_size) < 1:
+        raise ConnectError(f"batch_size must be >= 1, got {batch_size}")
+
+
 @torch.no_grad()
 def linear_path(model: nn.Module, params_a: Mapping[str, torch.Tensor],
                 params_b: Mapping[str, torch.Tensor], data, *, n_points: int = 25,
@@ -345,122 +437,39 @@ def linear_path(model: nn.Module, params_a: Mapping[str, torch.Tensor],
     Raises :class:`ConnectError` for a bad grid, split, mode or missing training data and
     :class:`MismatchError` when A and B are not the same architecture.
     """
-    if bn not in BN_MODES:
-        raise ConnectError(f"bn must be one of {', '.join(BN_MODES)}, got {bn!r}")
-    if split not in ("train", "test"):
-        raise ConnectError(f"split must be 'train' or 'test', got {split!r}")
-    if int(batch_size) < 1:
-        raise ConnectError(f"batch_size must be >= 1, got {batch_size}")
+    _check_path_options(bn, split, batch_size)
     grid = _alpha_grid(n_points, alphas)
-    _check_pair(params_a, params_b)
+    check_same_keys(params_a, params_b)
     device = torch.device(device)
-
-    work = copy.deepcopy(model).to(device)
-    expected = set(work.state_dict())
-    if set(params_a) != expected:
-        missing = sorted(expected - set(params_a))
-        extra = sorted(set(params_a) - expected)
-        what = f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}"
-        raise MismatchError(f"params do not fit the model: {what}")
-    bns = _bn_modules(work)
-    needs_stats = (bn == "reset" and bool(bns)) or bn == "repair"
-    eval_x, eval_y = _xy(_split(data, split), split) if _split(data, split) is not None else \
-        (None, None)
-    if eval_x is None:
-        raise ConnectError(f"data has no {split!r} split to evaluate the path on")
-    train_split = _split(data, "train")
-    if (needs_stats or train_metrics) and train_split is None:
-        why = ("bn='reset' recomputes BatchNorm statistics" if bn == "reset" else
-               "bn='repair' measures channel statistics")
-        if not needs_stats:
-            why = "train_metrics=True evaluates on it"
-        raise ConnectError(f"no training data: {why} on training batches; pass data with a "
-                           f"'train' split (or use bn='none')")
-    train_x, train_y = _xy(train_split, "train") if train_split is not None else (None, None)
-
+    path = _Path(model, bn, batch_size, stats_samples, device)
+    path.check_fits(params_a)
+    eval_x, eval_y, path.train_x, train_y = _path_splits(data, split, bn, path.needs_stats,
+                                                         train_metrics)
     pa = {k: v.to(device) for k, v in params_a.items()}
     pb = {k: v.to(device) for k, v in params_b.items()}
-    for m in bns.values():
+    for m in path.bns.values():
         m.momentum = None  # cumulative average over the statistics pass
-    repair = _Repair(_repair_points(work)) if bn == "repair" else None
-
-    def forward(params, x):
-        return torch.func.functional_call(work, params, (x,))
-
-    def set_mode(stats: bool):
-        work.eval()
-        if stats:
-            for m in bns.values():
-                m.train()
-
-    def stats_pass(params):
-        set_mode(True)
-        for x in _batches(train_x, batch_size, device, stats_samples):
-            forward(params, x)
-        set_mode(False)
-
-    def eval_pass(params, x_all, y_all):
-        set_mode(False)
-        total, wrong = 0.0, 0
-        for i in range(0, len(y_all), batch_size):
-            x = x_all[i:i + batch_size].to(device, non_blocking=True)
-            y = y_all[i:i + batch_size].to(device, non_blocking=True)
-            out = forward(params, x)
-            total += float(nn.functional.cross_entropy(out.float(), y, reduction="sum"))
-            wrong += int((out.argmax(1) != y).sum())
-        n = len(y_all)
-        return total / n, wrong / n
-
-    n_eval = n_stats = 0
+    loss, error, tr_loss, tr_error = [], [], [], []
     try:
-        if repair is not None:
-            # endpoint statistics at the repair points, each endpoint with its own BN stats
-            ends = []
-            for p in (pa, pb):
-                repair.mode = "collect"
-                set_mode(False)
-                for x in _batches(train_x, batch_size, device, stats_samples):
-                    forward(p, x)
-                ends.append(repair.take_stats())
-                n_stats += 1
-        loss, error, tr_loss, tr_error = [], [], [], []
+        if path.repair is not None:
+            path.collect_endpoints(pa, pb)
         for alpha in grid:
             params = interpolate(pa, pb, alpha)
-            if needs_stats:
-                _fresh_bn_buffers(bns, params)
-                if repair is not None:
-                    repair.target = {n: ((1 - alpha) * ends[0][n][0] + alpha * ends[1][n][0],
-                                         (1 - alpha) * ends[0][n][1] + alpha * ends[1][n][1])
-                                     for n in repair.modules}
-                    repair.mode = "stats"
-                stats_pass(params)
-                n_stats += 1
-                if repair is not None:
-                    measured = repair.take_stats()
-                    repair.affine = {}
-                    for n, (mu, sd) in measured.items():
-                        t_mu, t_sd = repair.target[n]
-                        scale = t_sd / torch.sqrt(sd * sd + repair.eps)
-                        repair.affine[n] = (scale, t_mu - mu * scale)
-                    repair.mode = "apply"
-            l, e = eval_pass(params, eval_x, eval_y)
-            n_eval += 1
+            path.prepare(params, alpha)
+            l, e = path.evaluate(params, eval_x, eval_y)
             loss.append(l)
             error.append(e)
             if train_metrics:
-                l, e = eval_pass(params, train_x, train_y)
-                n_eval += 1
+                l, e = path.evaluate(params, path.train_x, train_y)
                 tr_loss.append(l)
                 tr_error.append(e)
     finally:
-        if repair is not None:
-            repair.remove()
-
-    b = barriers(grid, loss, error)
+        path.close()
     extra: dict[str, Any] = {}
     if train_metrics:
         tb = barriers(grid, tr_loss, tr_error)
         extra = {"train_loss": tuple(tr_loss), "train_error": tuple(tr_error),
                  **{f"train_{k}": v for k, v in tb.items()}}
     return PathResult(alphas=tuple(grid), loss=tuple(loss), error=tuple(error), split=split,
-                      bn=bn, n_eval=n_eval, n_stats=n_stats, **b, **extra)
+                      bn=bn, n_eval=path.n_eval, n_stats=path.n_stats,
+                      **barriers(grid, loss, error), **extra)

@@ -39,3 +39,20 @@ class FlatnessOptionError(FlatnessError, ValueError):
 
 class ConnectError(GaugeError, ValueError):
     """A linear path cannot be measured as asked (alpha grid, split, BN mode, missing data)."""
+
+
+def check_same_keys(a, b, names: tuple[str, str] = ("A", "B"), what: str = "params") -> None:
+    """Raise :class:`MismatchError` unless the dicts ``a`` and ``b`` (params, masks) hold the
+    same keys with tensors of the same shapes, naming the first key or shape that differs."""
+    def differ(detail: str) -> MismatchError:
+        return MismatchError(f"{what} {names[0]} and {names[1]} come from different "
+                             f"architectures (different models?): {detail}")
+    for k, t in a.items():
+        if k not in b:
+            raise differ(f"{k!r} is only in {names[0]}")
+        if tuple(t.shape) != tuple(b[k].shape):
+            raise differ(f"{k!r} has shape {tuple(t.shape)} in {names[0]} but "
+                         f"{tuple(b[k].shape)} in {names[1]}")
+    for k in b:
+        if k not in a:
+            raise differ(f"{k!r} is only in {names[1]}")

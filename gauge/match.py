@@ -40,17 +40,18 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from gauge.errors import MismatchError, SpecError
+from gauge.errors import MismatchError, SpecError, check_same_keys
+from gauge.results import Result, to_dict
 from gauge.spec import PermutationSpec
 from gauge.symmetry import (Permutation, apply_permutation, check_permutation, expand_index,
                             identity_permutation, random_permutation)
 
-__all__ = ["MatchResult", "weight_matching", "activation_matching", "align", "check_pair",
+__all__ = ["MatchResult", "weight_matching", "activation_matching", "align",
            "matching_objective"]
 
 
 @dataclass(frozen=True)
-class MatchResult:
+class MatchResult(Result):
     """Outcome of an alignment.
 
     ``perm`` maps B into A's basis: ``apply_permutation(spec, perm, params_b)`` is B aligned to
@@ -70,30 +71,7 @@ class MatchResult:
     restarts: int = 1
 
     def to_dict(self, *, include_perm: bool = False) -> dict:
-        d = {"method": self.method, "objective_before": self.objective_before,
-             "objective_after": self.objective_after, "iterations": self.iterations,
-             "per_group": self.per_group, "time": self.time, "converged": self.converged,
-             "restarts": self.restarts}
-        if include_perm:
-            d["perm"] = {g: p.tolist() for g, p in self.perm.items()}
-        return d
-
-
-def check_pair(params_a: Mapping[str, torch.Tensor], params_b: Mapping[str, torch.Tensor],
-               names: tuple[str, str] = ("A", "B")) -> None:
-    """Raise :class:`MismatchError` naming the first key or shape where A and B differ."""
-    for k in params_a:
-        if k not in params_b:
-            raise MismatchError(f"{names[1]} has no {k!r}, which {names[0]} has: different "
-                                f"architectures")
-        if tuple(params_a[k].shape) != tuple(params_b[k].shape):
-            raise MismatchError(f"{k!r} has shape {tuple(params_a[k].shape)} in {names[0]} but "
-                                f"{tuple(params_b[k].shape)} in {names[1]}: different "
-                                f"architectures")
-    for k in params_b:
-        if k not in params_a:
-            raise MismatchError(f"{names[0]} has no {k!r}, which {names[1]} has: different "
-                                f"architectures")
+        return to_dict(self, exclude=() if include_perm else ("perm",))
 
 
 def matching_objective(params_a: Mapping[str, torch.Tensor],
@@ -355,7 +333,7 @@ def weight_matching(spec: PermutationSpec, params_a: Mapping[str, torch.Tensor],
     spec does not cover the params.
     """
     t0 = time.perf_counter()
-    check_pair(params_a, params_b)
+    check_same_keys(params_a, params_b)
     spec.check_params(params_a, "params_a")
     if init is not None:
         check_permutation(spec, init, "init")
@@ -439,7 +417,7 @@ def activation_matching(model: nn.Module, spec: PermutationSpec,
     (``per_group[g]["skipped"]``).
     """
     t0 = time.perf_counter()
-    check_pair(params_a, params_b)
+    check_same_keys(params_a, params_b)
     spec.check_params(params_a, "params_a")
     if not isinstance(inputs, torch.Tensor) or len(inputs) == 0:
         raise SpecError("activation matching needs a non-empty tensor of inputs")

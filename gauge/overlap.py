@@ -34,7 +34,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from gauge.errors import MismatchError
+from gauge.errors import MismatchError, check_same_keys
+from gauge.results import Result, to_dict
 
 __all__ = ["LayerOverlap", "OverlapResult", "OverlapMatrix", "mask_overlap",
            "aligned_mask_overlap", "overlap_matrix", "chance_jaccard", "hypergeom_moments"]
@@ -71,12 +72,8 @@ def chance_jaccard(n: int, k_a: int, k_b: int, *, exact: bool = True) -> float:
     return float(np.sum(pmf * x / np.maximum(k_a + k_b - x, 1)))
 
 
-def _nan_to_none(v):
-    return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
 @dataclass(frozen=True)
-class LayerOverlap:
+class LayerOverlap(Result):
     """Overlap numbers of one tensor (or of all pooled, for the overall row)."""
 
     size: int
@@ -99,13 +96,12 @@ class LayerOverlap:
         return self.kept_b / self.size if self.size else 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: _nan_to_none(getattr(self, k)) for k in self.__dataclass_fields__}
-        d["density_a"], d["density_b"] = self.density_a, self.density_b
-        return d
+        return {**to_dict(self, nan_as_none=True), "density_a": self.density_a,
+                "density_b": self.density_b}
 
 
 @dataclass(frozen=True)
-class OverlapResult:
+class OverlapResult(Result):
     """Per-tensor and overall overlap of two masks (see the module docstring)."""
 
     per_layer: dict[str, LayerOverlap]
@@ -124,9 +120,6 @@ class OverlapResult:
     def z(self) -> float | None:
         return self.overall.z
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"aligned": self.aligned, "overall": self.overall.to_dict(),
-                "per_layer": {k: v.to_dict() for k, v in self.per_layer.items()}}
 
 
 def _as_bool(mask: Mapping[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
@@ -141,17 +134,7 @@ def _as_bool(mask: Mapping[str, torch.Tensor], name: str) -> dict[str, torch.Ten
 def _check_masks(mask_a: Mapping[str, torch.Tensor], mask_b: Mapping[str, torch.Tensor]):
     if not mask_a:
         raise MismatchError("mask A is empty: nothing to compare")
-    if set(mask_a) != set(mask_b):
-        only_a = sorted(set(mask_a) - set(mask_b))
-        only_b = sorted(set(mask_b) - set(mask_a))
-        what = f"{only_a[0]!r} is only in mask A" if only_a else \
-            f"{only_b[0]!r} is only in mask B"
-        raise MismatchError(f"the masks do not cover the same tensors (masks of different "
-                            f"models?): {what}")
-    for k in mask_a:
-        if tuple(mask_a[k].shape) != tuple(mask_b[k].shape):
-            raise MismatchError(f"mask {k!r} has shape {tuple(mask_a[k].shape)} in A but "
-                                f"{tuple(mask_b[k].shape)} in B (masks of different models?)")
+    check_same_keys(mask_a, mask_b, what="masks")
 
 
 def _layer(n: int, ka: int, kb: int, inter: int, mean: float, var: float,
@@ -206,9 +189,11 @@ def aligned_mask_overlap(spec, perm: Mapping[str, torch.Tensor],
 
 
 @dataclass(frozen=True)
-class OverlapMatrix:
+class OverlapMatrix(Result):
     """N x N matrices over N masks (row i, column j): overall Jaccard ``raw``, ``aligned``
     (``None`` without perms), the ``chance`` Jaccard, and the z-scores against chance."""
+
+    _nan_as_none = True
 
     names: tuple[str, ...]
     raw: tuple[tuple[float, ...], ...]
@@ -221,12 +206,6 @@ class OverlapMatrix:
         m = getattr(self, which)
         return [m[i][j] for i in range(len(m)) for j in range(len(m)) if i != j]
 
-    def to_dict(self) -> dict[str, Any]:
-        def rows(m):
-            return None if m is None else [[_nan_to_none(v) for v in r] for r in m]
-        return {"names": list(self.names), "raw": rows(self.raw), "aligned": rows(self.aligned),
-                "chance": rows(self.chance), "z_raw": rows(self.z_raw),
-                "z_aligned": rows(self.z_aligned)}
 
 
 def overlap_matrix(masks: Sequence[Mapping[str, torch.Tensor]] | Mapping[str, Mapping],

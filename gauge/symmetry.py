@@ -27,7 +27,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from gauge.errors import MismatchError, SpecError
+from gauge.errors import SpecError, check_same_keys
 from gauge.spec import PermutationSpec
 
 __all__ = ["Permutation", "random_permutation", "identity_permutation", "apply_permutation",
@@ -241,10 +241,9 @@ def function_distance(model: nn.Module, params_a: Mapping[str, torch.Tensor],
                       params_b: Mapping[str, torch.Tensor], inputs: torch.Tensor, *,
                       batch_size: int = 1024, device: str | torch.device | None = None) -> float:
     """``max |f(x; params_a) - f(x; params_b)|`` over ``inputs`` (eval mode; the model's own
-    weights and mode are left unchanged). Raises :class:`MismatchError` for different keys."""
-    if set(params_a) != set(params_b):
-        diff = sorted(set(params_a) ^ set(params_b))
-        raise MismatchError(f"params differ in key {diff[0]!r}")
+    weights and mode are left unchanged). Raises :class:`MismatchError` for different keys or
+    shapes."""
+    check_same_keys(params_a, params_b)
     device = torch.device(device) if device is not None else inputs.device
     was = model.training
     model.eval()

@@ -89,7 +89,7 @@ def test_barrier_with_itself_is_zero(trained_mlp, mnist1d, bn):
 
 
 def test_planted_permutation_naive_positive_aligned_zero(trained_mlp, mnist1d):
-    from gauge.spec import infer_spec
+    from gauge.infer import infer_spec
     from gauge.symmetry import apply_permutation, invert, random_permutation
     model, params = trained_mlp
     spec = infer_spec(model, torch.zeros(2, 40))
@@ -108,7 +108,7 @@ def test_planted_permutation_naive_positive_aligned_zero(trained_mlp, mnist1d):
 
 def test_weight_matching_recovers_planted_permutation(trained_mlp, mnist1d):
     from gauge.match import weight_matching
-    from gauge.spec import infer_spec
+    from gauge.infer import infer_spec
     from gauge.symmetry import apply_permutation, random_permutation
     model, params = trained_mlp
     spec = infer_spec(model, torch.zeros(2, 40))
@@ -195,7 +195,7 @@ from hypothesis import strategies as st  # noqa: E402
 def test_interpolation_commutes_with_permutation(trained_mlp, seed, alpha):
     """Gauge covariance: permuting both endpoints permutes every point of the path, so
     the path between P(A) and P(B) computes the same functions as the one between A and B."""
-    from gauge.spec import infer_spec
+    from gauge.infer import infer_spec
     from gauge.symmetry import apply_permutation, random_permutation
     model, params = trained_mlp
     spec = infer_spec(model, torch.zeros(2, 40))

@@ -97,7 +97,7 @@ def test_mismatched_masks():
 @pytest.fixture(scope="module")
 def ticket():
     """A magnitude-pruned MLP mask (20% of each layer kept) and the MLP's spec."""
-    from gauge.spec import infer_spec
+    from gauge.infer import infer_spec
     from tickets.models import build_model
     from tickets.prune import magnitude_layerwise, prunable, full_mask
     model = build_model("mlp", num_classes=10, input_shape=(40,), seed=0, widths=(64, 32))

@@ -1,0 +1,322 @@
+"""The loss a flatness measure looks at: a fixed dataset, the one mean loss, the free
+parameters, and the point they are taken at (raw or gauge-fixed).
+
+* ``data`` is a *fixed* dataset: ``(x, y)`` tensors, a ``TensorDataset`` or a list of
+  ``(x, y)`` batches (:func:`batches_of`). Every evaluation uses all of it, so a Hessian-vector
+  product is the same linear map at every call (which Lanczos needs).
+* :func:`mean_loss` is the mean of the loss over the examples, ``L = sum_b |b| l_b / sum_b |b|``,
+  for every measure in :mod:`gauge` (flatness and linear paths alike).
+* :class:`Objective` is ``L`` as a function of the *free* parameter entries: ``nn.Parameter``
+  tensors kept by ``param_filter`` (e.g. :func:`weights_only`), restricted to the unpruned
+  entries of ``mask``. The model runs in eval mode (BatchNorm uses the running statistics in
+  ``params``), its training flag restored afterwards.
+* :func:`gauge_fix` moves ``params`` to the balanced point of its ReLU-rescaling orbit;
+  :func:`raw_and_gauge_fixed` measures at both points and returns :class:`GaugeFixed`. Dinh et
+  al. (2017) showed that raw curvature can be made arbitrarily large by rescaling without
+  changing the function; the gauge-fixed value depends on the function's orbit only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gauge.errors import EmptyParamsError, FlatnessOptionError, NonFiniteLossError
+from gauge.results import Result
+
+__all__ = ["ParamFilter", "weights_only", "batches_of", "eval_mode", "mean_loss", "Objective",
+           "GaugeFixed", "gauge_fix", "raw_and_gauge_fixed"]
+
+ParamFilter = Callable[[str, torch.Tensor], bool]
+
+_DATA_FORMS = "(x, y) tensors, a TensorDataset or a non-empty list of (x, y) batches"
+
+
+def weights_only(name: str, tensor: torch.Tensor) -> bool:
+    """``param_filter`` keeping weight matrices/kernels only (no biases, no norm scales)."""
+    return tensor.ndim > 1
+
+
+def _split_pair(x: torch.Tensor, y: torch.Tensor, batch_size):
+    if len(x) != len(y):
+        raise FlatnessOptionError(f"data: inputs have {len(x)} rows but targets {len(y)}")
+    if len(x) == 0:
+        raise FlatnessOptionError("data is empty")
+    if batch_size is None or batch_size >= len(x):
+        return [(x, y)]
+    if batch_size < 1:
+        raise FlatnessOptionError(f"batch_size must be >= 1, got {batch_size}")
+    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+
+
+def batches_of(data, batch_size: int | None, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``data`` (see the module docstring) as a list of ``(x, y)`` batches on ``device``;
+    ``(x, y)`` tensors are cut into ``batch_size`` rows (``None``: one batch)."""
+    if hasattr(data, "tensors"):
+        data = tuple(data.tensors)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(
+            isinstance(t, torch.Tensor) for t in data):
+        out = _split_pair(data[0], data[1], batch_size)
+    elif isinstance(data, (list, tuple)):
+        out = [tuple(b) for b in data]
+        if not out or any(len(b) != 2 for b in out):
+            raise FlatnessOptionError(f"data must be {_DATA_FORMS}")
+    else:
+        raise FlatnessOptionError(f"data must be {_DATA_FORMS}, got {type(data).__name__}")
+    return [(x.to(device), y.to(device)) for x, y in out]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Run ``model`` in eval mode, restoring every submodule's training flag afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in modes:
+            m.train(flag)
+
+
+def mean_loss(model: nn.Module, params: Mapping[str, torch.Tensor], batches, loss_fn=None, *,
+              error: bool = False):
+    """``L = sum_b |b| l_b / sum_b |b|``, the mean loss over the examples of ``batches`` (an
+    iterable of ``(x, y)``), with ``model`` run on ``params`` as it is (the caller picks the
+    mode and ``torch.no_grad``).
+
+    ``loss_fn(outputs, targets)`` returns a batch mean; ``None`` sums the cross-entropy of each
+    batch in float32. ``error=True`` returns ``(L, E)`` with ``E`` the top-1 error
+    (1 - accuracy).
+    """
+    total, wrong, n = 0.0, 0, 0
+    for x, y in batches:
+        out = torch.func.functional_call(model, params, (x,))
+        if loss_fn is None:
+            total += float(F.cross_entropy(out.float(), y, reduction="sum"))
+        else:
+            total += float(loss_fn(out, y)) * len(y)
+        if error:
+            wrong += int((out.argmax(1) != y).sum())
+        n += len(y)
+    return (total / n, wrong / n) if error else total / n
+
+
+def _masked_base(params, mask, device) -> dict[str, torch.Tensor]:
+    """``params`` on ``device`` with pruned entries exactly 0 (the ticket)."""
+    unknown = sorted(set(mask) - set(params))
+    if unknown:
+        raise FlatnessOptionError(f"mask has tensors not in params: {unknown[:3]}")
+    if mask and not any(bool(m.any()) for m in mask.values()):
+        raise EmptyParamsError(f"the mask prunes everything: all {len(mask)} mask tensors "
+                               f"are all-False, no weight left to measure")
+    base = {}
+    for k, v in params.items():
+        v = v.detach().to(device)
+        if k in mask:
+            m = mask[k].to(device)
+            if m.shape != v.shape:
+                raise FlatnessOptionError(f"mask[{k!r}] has shape {tuple(m.shape)}, "
+                                          f"params[{k!r}] {tuple(v.shape)}")
+            v = v * m.to(v.dtype)
+        base[k] = v
+    return base
+
+
+class Objective:
+    """The mean loss as a function of the free (selected, unpruned) parameter entries.
+
+    ``names`` are the free tensors, ``sizes`` their free entry counts, ``n`` the total: a
+    free-coordinate vector has ``n`` entries (:meth:`flatten` / :meth:`unflatten`). ``hvp``
+    counts Hessian-vector products in ``n_hvp``.
+    """
+
+    def __init__(self, model, params, data, loss_fn, *, mask=None, param_filter=None,
+                 device="cpu", batch_size=None):
+        self.device = torch.device(device)
+        self.model = model
+        self.loss_fn = loss_fn if loss_fn is not None else F.cross_entropy
+        self.batches = batches_of(data, batch_size, self.device)
+        self.n_data = sum(len(y) for _, y in self.batches)
+        mask = dict(mask or {})
+        self.base = _masked_base(params, mask, self.device)
+        trainable = {n for n, _ in model.named_parameters()}
+        self.names = [k for k in params if k in trainable and params[k].is_floating_point()
+                      and (param_filter is None or param_filter(k, params[k]))]
+        self.masks = {k: mask[k].to(self.device).bool() for k in self.names if k in mask}
+        self.sizes = [int(self.masks[k].sum()) if k in self.masks else self.base[k].numel()
+                      for k in self.names]
+        self.n = sum(self.sizes)
+        if self.n == 0:
+            what = "the mask prunes every selected parameter" if mask else \
+                "param_filter excludes every parameter"
+            raise EmptyParamsError(f"no parameter left to measure: {what}")
+        self.dtype = self.base[self.names[0]].dtype
+        self.n_hvp = 0
+        self._graph = None  # (leaves, grads) reused across HVPs when there is one batch
+
+    # -- vectors <-> tensors
+    def unflatten(self, vec: torch.Tensor) -> list[torch.Tensor]:
+        """Free-coordinate vector -> full-shape tensors (zero at pruned entries)."""
+        out = []
+        for k, seg in zip(self.names, vec.to(self.dtype).split(self.sizes)):
+            if k in self.masks:
+                full = torch.zeros(self.base[k].shape, dtype=self.dtype, device=self.device)
+                full[self.masks[k]] = seg
+                out.append(full)
+            else:
+                out.append(seg.view(self.base[k].shape))
+        return out
+
+    def flatten(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([t[self.masks[k]] if k in self.masks else t.reshape(-1)
+                          for k, t in zip(self.names, tensors)])
+
+    def free_tensors(self) -> list[torch.Tensor]:
+        return [self.base[k] for k in self.names]
+
+    def free_values(self) -> torch.Tensor:
+        return self.flatten(self.free_tensors())
+
+    # -- loss
+    def params_with(self, tensors) -> dict[str, torch.Tensor]:
+        """``base`` with ``tensors`` in place of the free tensors."""
+        p = dict(self.base)
+        p.update(zip(self.names, tensors))
+        return p
+
+    def _batch_loss(self, tensors, x, y):
+        out = torch.func.functional_call(self.model, self.params_with(tensors), (x,))
+        return self.loss_fn(out, y)
+
+    def loss(self, tensors=None, batches=None) -> float:
+        """:func:`mean_loss` over ``batches`` (default: all data) at ``base`` with ``tensors``
+        replacing the free tensors."""
+        tensors = self.free_tensors() if tensors is None else tensors
+        with torch.no_grad(), eval_mode(self.model):
+            return mean_loss(self.model, self.params_with(tensors),
+                             self.batches if batches is None else batches, self.loss_fn)
+
+    def loss_and_grad(self, tensors, batches=None):
+        """Mean loss and its gradient w.r.t. ``tensors`` (list) over ``batches``."""
+        batches = self.batches if batches is None else batches
+        n = sum(len(y) for _, y in batches)
+        leaves = [t.detach().requires_grad_(True) for t in tensors]
+        total, grads = 0.0, [torch.zeros_like(t) for t in leaves]
+        with eval_mode(self.model):
+            for x, y in batches:
+                loss = self._batch_loss(leaves, x, y) * (len(y) / n)
+                g = torch.autograd.grad(loss, leaves)
+                total += float(loss.detach())
+                grads = [a + b for a, b in zip(grads, g)]
+        return total, grads
+
+    def check_finite(self) -> float:
+        value = self.loss()
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"loss at the checkpoint is {value}: the Hessian is "
+                                     f"undefined there (not iterating)")
+        return value
+
+    def gradient(self) -> torch.Tensor:
+        """The mean loss's gradient in the free coordinates (from the HVP graph when there is
+        one batch, else one extra pass over the data)."""
+        if len(self.batches) == 1:
+            grads = [g.detach() for g in self.graph()[1]]
+        else:
+            grads = self.loss_and_grad(self.free_tensors())[1]
+        return self.flatten(grads)
+
+    # -- Hessian-vector product
+    def graph(self):
+        """``(leaves, grads)`` of the one batch with ``create_graph=True``, built once; raises
+        :class:`NonFiniteLossError` when the loss or gradient is not finite."""
+        if self._graph is None:
+            leaves = [t.detach().clone().requires_grad_(True) for t in self.free_tensors()]
+            x, y = self.batches[0]
+            with eval_mode(self.model):
+                loss = self._batch_loss(leaves, x, y)
+                if not math.isfinite(float(loss.detach())):
+                    raise NonFiniteLossError(f"loss at the checkpoint is {float(loss.detach())}: "
+                                             f"the Hessian is undefined there (not iterating)")
+                grads = torch.autograd.grad(loss, leaves, create_graph=True)
+            if not all(bool(torch.isfinite(g).all()) for g in grads):
+                raise NonFiniteLossError("gradient at the checkpoint is not finite: the Hessian "
+                                         "is undefined there (not iterating)")
+            self._graph = (leaves, grads)
+        return self._graph
+
+    def hvp(self, vec: torch.Tensor) -> torch.Tensor:
+        """``H v`` for a free-coordinate vector ``vec`` (any float dtype; returns self.dtype),
+        by double backprop (Pearlmutter 1994)."""
+        v = self.unflatten(vec)
+        if len(self.batches) == 1:
+            leaves, grads = self.graph()
+            hv = torch.autograd.grad(grads, leaves, grad_outputs=v, retain_graph=True,
+                                     allow_unused=True)
+        else:
+            hv = [torch.zeros_like(t) for t in v]
+            with eval_mode(self.model):
+                for x, y in self.batches:
+                    leaves = [t.detach().clone().requires_grad_(True)
+                              for t in self.free_tensors()]
+                    loss = self._batch_loss(leaves, x, y) * (len(y) / self.n_data)
+                    grads = torch.autograd.grad(loss, leaves, create_graph=True)
+                    part = torch.autograd.grad(grads, leaves, grad_outputs=v, allow_unused=True)
+                    hv = [a + (b if b is not None else 0) for a, b in zip(hv, part)]
+        hv = [torch.zeros_like(t) if h is None else h for h, t in zip(hv, v)]
+        self.n_hvp += 1
+        return self.flatten(hv).detach()
+
+
+# ----------------------------------------------------------------------------- gauge fixing
+
+@dataclass(frozen=True)
+class GaugeFixed(Result):
+    """A measure at ``params`` (``raw``) and at ``canonicalize_scale(params)`` (``gauge_fixed``)."""
+
+    raw: Any
+    gauge_fixed: Any
+
+
+def gauge_fix(model: nn.Module, params: Mapping[str, torch.Tensor], example_input: torch.Tensor,
+              *, spec=None, mask=None, **canon_kwargs) -> dict[str, torch.Tensor]:
+    """``canonicalize_scale(spec, params)``: the balanced point of the ReLU-rescaling orbit.
+
+    ``spec`` defaults to ``infer_spec(model, example_input)``. Masked-out entries stay 0
+    (rescaling multiplies entries, so zeros stay zeros).
+    """
+    from gauge.infer import infer_spec
+    from gauge.symmetry import canonicalize_scale
+    if spec is None:
+        spec = infer_spec(model, example_input)
+    p = {k: v.detach() for k, v in params.items()}
+    if mask:
+        p = {k: (v * mask[k].to(v.device, v.dtype) if k in mask else v) for k, v in p.items()}
+    return canonicalize_scale(spec, p, **canon_kwargs)
+
+
+def _example_input(data) -> torch.Tensor:
+    if hasattr(data, "tensors"):
+        return data.tensors[0][:2]
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor) \
+            and isinstance(data[1], torch.Tensor) and len(data[0]) == len(data[1]):
+        return data[0][:2]
+    return data[0][0][:2]
+
+
+def raw_and_gauge_fixed(measure, model, params, data, gauge_fixed: bool, spec, mask,
+                        canon_kwargs):
+    """``measure(params)``, or with ``gauge_fixed`` :class:`GaugeFixed` of ``measure`` at
+    ``params`` and at :func:`gauge_fix` of them."""
+    if not gauge_fixed:
+        return measure(params)
+    raw = measure(params)
+    fixed_params = gauge_fix(model, params, _example_input(data), spec=spec, mask=mask,
+                             **(canon_kwargs or {}))
+    return GaugeFixed(raw=raw, gauge_fixed=measure(fixed_params))
