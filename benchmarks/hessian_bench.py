@@ -1,4 +1,4 @@
-"""Top Hessian eigenvalue: gauge.flatness (Lanczos, ARPACK) vs PyHessian (power iteration).
+"""Top Hessian eigenvalue: gauge.hessian (Lanczos, ARPACK) vs PyHessian (power iteration).
 
 Same model (MLP 40-32-32-10 trained on MNIST-1D), same fixed data (1000 training examples),
 both on CPU in float32 with one thread. The exact value comes from the dense float64 Hessian

@@ -29,6 +29,11 @@ class _Unsupported(Exception):
     pass
 
 
+def _cannot_infer(why: str) -> TraceError:
+    return TraceError(f"cannot infer a permutation spec: {why}; pass a spec by hand with "
+                      f"PermutationSpec.from_axes")
+
+
 class _Labels:
     """Union-find over axis labels; a label may be factored into an ordered list of labels
     (a reshape's view of one axis as several); ``fixed`` labels are never permuted and ``bad``
@@ -248,9 +253,7 @@ class _Tracer(TorchFunctionMode):
                     try:
                         self._mha(mname, mod, args, kwargs, output)
                     except _Unsupported as e:
-                        raise TraceError(f"cannot infer a permutation spec: {e} in module "
-                                         f"{self.where()}; pass a spec by hand with "
-                                         f"PermutationSpec.from_axes") from None
+                        raise _cannot_infer(f"{e} in module {self.where()}") from None
             if self.module_stack:
                 self.module_stack.pop()
         return hook
@@ -303,9 +306,7 @@ class _Tracer(TorchFunctionMode):
         try:
             self._handle(name, args, kwargs, out, inputs)
         except _Unsupported as e:
-            raise TraceError(f"cannot infer a permutation spec: {e} (op {name!r} in module "
-                             f"{self.where()}); pass a spec by hand with "
-                             f"PermutationSpec.from_axes") from None
+            raise _cannot_infer(f"{e} (op {name!r} in module {self.where()})") from None
         return out
 
     def _unknown(self, name, inputs, out):
@@ -339,57 +340,17 @@ class _Tracer(TorchFunctionMode):
             return self._linear(args, kwargs, out)
         if name in ("conv1d", "conv2d", "conv3d"):
             return self._conv(args, kwargs, out)
-        if name in ("batch_norm", "instance_norm"):
-            x = args[0]
-            ch = self.get(x)[1 if x.dim() > 1 else 0]
-            for t in inputs[1:]:
-                if t.dim() == 1:
-                    L.union(self.get(t)[0], ch)
-            self.bad_all(*inputs)
-            self.set(out, self.get(x))
-            return
-        if name == "layer_norm":
-            x, shape = args[0], _arg(args, kwargs, 1, "normalized_shape")
-            k = len(shape)
-            for t in inputs[1:]:
-                for i, lab in enumerate(self.get(t)):
-                    L.union(lab, self.get(x)[x.dim() - k + i])
-            self.bad_all(*inputs)
-            self.set(out, self.get(x))
-            return
-        if name == "group_norm":
-            x, groups = args[0], int(_arg(args, kwargs, 1, "num_groups"))
-            ch = self.get(x)[1]
-            if groups not in (1, x.shape[1]):  # units may move only within their group
-                L.fix(ch)
-            for t in inputs[1:]:
-                L.union(self.get(t)[0], ch)
-            self.bad_all(*inputs)
-            self.set(out, self.get(x))
-            return
+        if name in ("batch_norm", "instance_norm", "layer_norm", "group_norm"):
+            return self._norm(name, args, kwargs, inputs, out)
         if any(name.startswith(p) for p in ("max_pool", "avg_pool", "adaptive_avg_pool",
                                              "adaptive_max_pool", "lp_pool")):
-            x = args[0] if args else kwargs["input"]
-            k = int(next(c for c in name if c.isdigit()))
-            lead = self.get(x)[: x.dim() - k]
-            for t in outs_of(out):
-                self.set(t, lead + [L.new(s, fixed=True) for s in t.shape[len(lead):]])
-            return
+            return self._pool(name, args, kwargs, out)
         if name in _REDUCTIONS:
             return self._reduce(name, args, kwargs, out)
         if name in ("cat", "concat", "concatenate", "stack"):
             return self._cat(name, args, kwargs, out)
         if name in ("chunk", "split", "unbind", "tensor_split"):
-            x = args[0]
-            dim = int(_arg(args, kwargs, 2, "dim", 0)) % x.dim()
-            labs = list(self.get(x))
-            L.fix(labs[dim])
-            for t in outs_of(out):
-                if t.dim() == x.dim():
-                    self.set(t, labs[:dim] + [L.new(t.shape[dim], True)] + labs[dim + 1:])
-                else:
-                    self.set(t, labs[:dim] + labs[dim + 1:])
-            return
+            return self._split(args, kwargs, out)
         if name == "getitem":
             return self._getitem(args, out)
         if name in ("matmul", "bmm", "mm"):
@@ -404,6 +365,46 @@ class _Tracer(TorchFunctionMode):
             self.set(out, self.get(idx) + [lw[1]])
             return
         return self._unknown(name, inputs, out)
+
+    def _norm(self, name, args, kwargs, inputs, out):
+        """Affine params tie to the normalised channels; normalisation is not homogeneous."""
+        L, x = self.L, args[0]
+        if name in ("batch_norm", "instance_norm"):
+            ch = self.get(x)[1 if x.dim() > 1 else 0]
+            for t in inputs[1:]:
+                if t.dim() == 1:
+                    L.union(self.get(t)[0], ch)
+        elif name == "layer_norm":
+            k = len(_arg(args, kwargs, 1, "normalized_shape"))
+            for t in inputs[1:]:
+                for i, lab in enumerate(self.get(t)):
+                    L.union(lab, self.get(x)[x.dim() - k + i])
+        else:
+            groups, ch = int(_arg(args, kwargs, 1, "num_groups")), self.get(x)[1]
+            if groups not in (1, x.shape[1]):  # units may move only within their group
+                L.fix(ch)
+            for t in inputs[1:]:
+                L.union(self.get(t)[0], ch)
+        self.bad_all(*inputs)
+        self.set(out, self.get(x))
+
+    def _pool(self, name, args, kwargs, out):
+        x = args[0] if args else kwargs["input"]
+        k = int(next(c for c in name if c.isdigit()))
+        lead = self.get(x)[: x.dim() - k]
+        for t in outs_of(out):
+            self.set(t, lead + [self.L.new(s, fixed=True) for s in t.shape[len(lead):]])
+
+    def _split(self, args, kwargs, out):
+        x = args[0]
+        dim = int(_arg(args, kwargs, 2, "dim", 0)) % x.dim()
+        labs = list(self.get(x))
+        self.L.fix(labs[dim])
+        for t in outs_of(out):
+            if t.dim() == x.dim():
+                self.set(t, labs[:dim] + [self.L.new(t.shape[dim], True)] + labs[dim + 1:])
+            else:
+                self.set(t, labs[:dim] + labs[dim + 1:])
 
     def _binary(self, name, args, out):
         L = self.L
@@ -672,19 +673,8 @@ def outs_of(out) -> list[torch.Tensor]:
     return _tensors(out)
 
 
-def infer_spec(model: nn.Module, example_input) -> PermutationSpec:
-    """Infer the permutation spec of ``model`` by running it once on ``example_input``.
-
-    ``example_input`` is a batch (a tensor, or a tuple of tensors passed positionally). The
-    model is deep-copied and run in eval mode without gradients, so it is not changed.
-    Supported ops: linear, conv1d/2d/3d (groups 1 or depthwise), batch/instance/layer/group norm,
-    elementwise activations, dropout, pooling, reshapes/flatten/transpose, residual adds and
-    products, reductions, concat (pieces stay unpermuted), matmul, scaled dot-product attention,
-    embedding and :class:`torch.nn.MultiheadAttention` (heads permuted as blocks, dims within a
-    head held fixed). The network's input and output axes are never permuted.
-
-    Raises :class:`TraceError` for an op it cannot explain (naming op and module).
-    """
+def _trace(model: nn.Module, example_input) -> tuple["_Tracer", list[torch.Tensor], nn.Module]:
+    """Run a deep copy of ``model`` once under the tracer: ``(tracer, outputs, copy)``."""
     work = copy.deepcopy(model).eval()
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     tracer = _Tracer(work)
@@ -696,8 +686,7 @@ def infer_spec(model: nn.Module, example_input) -> PermutationSpec:
     except TraceError:
         raise
     except _Unsupported as e:
-        raise TraceError(f"cannot infer a permutation spec: {e}; pass a spec by hand with "
-                         f"PermutationSpec.from_axes") from None
+        raise _cannot_infer(str(e)) from None
     except Exception as e:  # the model itself failed on the example input
         raise TraceError(f"running {type(model).__name__} on the example input failed in module "
                          f"{tracer.where()}: {type(e).__name__}: {e}; check the input shape or "
@@ -705,11 +694,16 @@ def infer_spec(model: nn.Module, example_input) -> PermutationSpec:
     finally:
         for h in tracer.hooks:
             h.remove()
+    return tracer, _tensors(out), work
+
+
+def _fix_unpermutable(tracer: "_Tracer", outputs: list[torch.Tensor]) -> None:
+    """Hold fixed the output axes, all but the first free factor of each param axis, and every
+    axis tied to no other axis."""
     L = tracer.L
-    for t in _tensors(out):
+    for t in outputs:
         for lab in tracer.get(t):
             L.fix(lab)
-    sd_shapes = {k: tuple(v.shape) for k, v in work.state_dict().items()}
     # Resolve each param axis to at most one free factor; extra free factors are held fixed.
     while True:
         changed = False
@@ -732,6 +726,12 @@ def infer_spec(model: nn.Module, example_input) -> PermutationSpec:
     for root, c in count.items():
         if c < 2:
             L.fix(root)
+
+
+def _group_axes(tracer: "_Tracer"):
+    """Name each free root after the first param on it: ``(axes, layouts, names,
+    root_members)`` for :meth:`PermutationSpec.from_axes`."""
+    L = tracer.L
     names: dict[int, str] = {}
     axes: dict[str, tuple] = {}
     layouts: dict[Axis, tuple[int, int]] = {}
@@ -759,6 +759,26 @@ def infer_spec(model: nn.Module, example_input) -> PermutationSpec:
             root_members.setdefault(root, []).append((name, ax))
             groups.append(names[root])
         axes[name] = tuple(groups)
+    return axes, layouts, names, root_members
+
+
+def infer_spec(model: nn.Module, example_input) -> PermutationSpec:
+    """Infer the permutation spec of ``model`` by running it once on ``example_input``.
+
+    ``example_input`` is a batch (a tensor, or a tuple of tensors passed positionally). The
+    model is deep-copied and run in eval mode without gradients, so it is not changed.
+    Supported ops: linear, conv1d/2d/3d (groups 1 or depthwise), batch/instance/layer/group norm,
+    elementwise activations, dropout, pooling, reshapes/flatten/transpose, residual adds and
+    products, reductions, concat (pieces stay unpermuted), matmul, scaled dot-product attention,
+    embedding and :class:`torch.nn.MultiheadAttention` (heads permuted as blocks, dims within a
+    head held fixed). The network's input and output axes are never permuted.
+
+    Raises :class:`TraceError` for an op it cannot explain (naming op and module).
+    """
+    tracer, outputs, work = _trace(model, example_input)
+    _fix_unpermutable(tracer, outputs)
+    axes, layouts, names, root_members = _group_axes(tracer)
+    L = tracer.L
     rescalable = []
     for root, members in root_members.items():
         if L.bad[root]:
@@ -767,5 +787,6 @@ def infer_spec(model: nn.Module, example_input) -> PermutationSpec:
                 any(ax == 0 for _, ax in members) and any(ax > 0 for _, ax in members):
             rescalable.append(names[root])
     sizes = {names[r]: L.size[r] for r in root_members}
+    sd_shapes = {k: tuple(v.shape) for k, v in work.state_dict().items()}
     return PermutationSpec.from_axes(axes, sd_shapes, sizes=sizes, layouts=layouts,
                                      rescalable=rescalable)

@@ -200,50 +200,55 @@ def _lap(c: np.ndarray) -> np.ndarray:
     return out
 
 
-def _descend(spec, terms, const, const_numel, perm, order_rng, max_iter, progressive, stats,
-             device, scratch):
-    """Coordinate descent from ``perm`` (optionally after a progressive start); returns
-    (perm, sweeps, converged)."""
-    groups = spec.groups
-    dependents: dict[str, list[_Term]] = {g: [] for g in groups}
-    for g in groups:
-        for t in terms[g]:
-            for h in t.deps:
-                dependents[h].append(t)
-    perm = {g: p.to(device) for g, p in perm.items()}
+class _Descent:
+    """Coordinate descent state: the current ``perm``, each term's cached contribution (marked
+    dirty when a group it depends on moves) and the groups whose cost may have changed."""
 
-    def cost(g, usable=None):
+    def __init__(self, spec, terms, const, perm, stats, device, scratch):
+        self.groups, self.terms, self.const = spec.groups, terms, const
+        self.stats, self.device, self.scratch = stats, device, scratch
+        self.dependents: dict[str, list[_Term]] = {g: [] for g in self.groups}
+        for g in self.groups:
+            for t in terms[g]:
+                for h in t.deps:
+                    self.dependents[h].append(t)
+        self.perm = {g: p.to(device) for g, p in perm.items()}
+        self.stale: set[str] = set(self.groups)
+
+    def cost(self, g, usable=None):
         """``C_g`` (only the terms whose other axes are in ``usable``, if given). A sum of
         several parts is written into a reused buffer: read it before the next call."""
-        parts = [const[g]] if g in const else []
-        for t in terms[g]:
+        parts = [self.const[g]] if g in self.const else []
+        for t in self.terms[g]:
             if usable is not None and not t.deps <= usable:
                 continue
             if t.dirty or t.value is None:
-                t.value = _contribution(t, perm, scratch)
+                t.value = _contribution(t, self.perm, self.scratch)
                 t.dirty = False
             parts.append(t.value)
         if len(parts) <= 1:
             return parts[0] if parts else None
-        buf = scratch.get(("cost", parts[0].shape))
+        buf = self.scratch.get(("cost", parts[0].shape))
         if buf is None:
-            buf = scratch[("cost", parts[0].shape)] = torch.empty_like(parts[0])
+            buf = self.scratch[("cost", parts[0].shape)] = torch.empty_like(parts[0])
         torch.add(parts[0], parts[1], out=buf)
         for x in parts[2:]:
             buf.add_(x)
         return buf
 
-    def set_perm(g, p):
-        perm[g] = p.to(device)
-        for t in dependents[g]:
+    def set_perm(self, g, p) -> None:
+        self.perm[g] = p.to(self.device)
+        for t in self.dependents[g]:
             t.dirty = True
-            stale.add(t.group)
+            self.stale.add(t.group)
 
-    stale: set[str] = set(groups)
-    if progressive:
-        size = {g: sum(t.numel for t in terms[g]) + const_numel[g] for g in groups}
+    def progressive_start(self, const_numel) -> None:
+        """Solve the groups one at a time, most constrained by already solved ones first,
+        each from the terms whose other axes are solved."""
+        terms = self.terms
+        size = {g: sum(t.numel for t in terms[g]) + const_numel[g] for g in self.groups}
         solved: set[str] = set()
-        remaining = list(groups)
+        remaining = list(self.groups)
         while remaining:
             best, best_score = None, -1.0
             for g in remaining:
@@ -252,41 +257,55 @@ def _descend(spec, terms, const, const_numel, perm, order_rng, max_iter, progres
                 if score > best_score:
                     best, best_score = g, score
             g = best
-            c = cost(g, usable=solved if best_score > 0 else None)
+            c = self.cost(g, usable=solved if best_score > 0 else None)
             if c is not None:
-                set_perm(g, torch.from_numpy(_lap(c.cpu().numpy())))
-                stats[g]["solves"] += 1
+                self.set_perm(g, torch.from_numpy(_lap(c.cpu().numpy())))
+                self.stats[g]["solves"] += 1
             solved.add(g)
             remaining.remove(g)
-        stale = set(groups)
-    sweeps, converged = 0, False
-    while sweeps < max_iter:
-        sweeps += 1
+        self.stale = set(self.groups)
+
+    def sweep(self, order) -> bool:
+        """One pass over the stale groups in ``order``; True if some assignment improved."""
         improved = False
-        for i in order_rng.permutation(len(groups)):
-            g = groups[i]
-            if g not in stale:
+        for i in order:
+            g = self.groups[i]
+            if g not in self.stale:
                 continue
-            stale.discard(g)
-            c = cost(g)
+            self.stale.discard(g)
+            c = self.cost(g)
             if c is None:
                 continue
             c = c.cpu().numpy()
             new = _lap(c)
-            stats[g]["solves"] += 1
+            self.stats[g]["solves"] += 1
             rows = np.arange(len(new))
-            cur = perm[g].cpu().numpy()
+            cur = self.perm[g].cpu().numpy()
             old_val = float(c[rows, cur].sum())
             new_val = float(c[rows, new].sum())
             if new_val > old_val + 1e-9 * max(1.0, abs(old_val)) and \
                     not np.array_equal(new, cur):
-                set_perm(g, torch.from_numpy(new))
-                stale.discard(g)  # its own cost does not depend on itself
+                self.set_perm(g, torch.from_numpy(new))
+                self.stale.discard(g)  # its own cost does not depend on itself
                 improved = True
-        if not improved or not stale:
+        return improved
+
+
+def _descend(spec, terms, const, const_numel, perm, order_rng, max_iter, progressive, stats,
+             device, scratch):
+    """Coordinate descent from ``perm`` (optionally after a progressive start); returns
+    (perm, sweeps, converged)."""
+    state = _Descent(spec, terms, const, perm, stats, device, scratch)
+    if progressive:
+        state.progressive_start(const_numel)
+    sweeps, converged = 0, False
+    while sweeps < max_iter:
+        sweeps += 1
+        improved = state.sweep(order_rng.permutation(len(spec.groups)))
+        if not improved or not state.stale:
             converged = True
             break
-    return {g: p.cpu() for g, p in perm.items()}, sweeps, converged
+    return {g: p.cpu() for g, p in state.perm.items()}, sweeps, converged
 
 
 def _objective(terms, const, fixed, perm, scratch) -> float:
@@ -422,6 +441,17 @@ def activation_matching(model: nn.Module, spec: PermutationSpec,
     if not isinstance(inputs, torch.Tensor) or len(inputs) == 0:
         raise SpecError("activation matching needs a non-empty tensor of inputs")
     device = torch.device(device) if device is not None else inputs.device
+    moments = _feature_moments(model, spec, params_a, params_b, inputs, batch_size, device)
+    perm, per_group, before, after = _match_correlations(spec, moments, eps)
+    return MatchResult(perm=perm, method="activation",
+                       objective_before=float(np.mean(before)) if before else 0.0,
+                       objective_after=float(np.mean(after)) if after else 0.0,
+                       iterations=1, per_group=per_group, time=time.perf_counter() - t0)
+
+
+def _feature_moments(model, spec, params_a, params_b, inputs, batch_size, device):
+    """Per group, the streamed sums ``n, sum a, sum b, sum a^2, sum b^2, sum a b^T`` of the
+    matched features of A and B over ``inputs`` (eval mode)."""
     cons = _consumers(model, spec)
     modules = dict(model.named_modules())
     stats_acc: dict[str, dict] = {}
@@ -470,6 +500,12 @@ def activation_matching(model: nn.Module, spec: PermutationSpec,
         for h in hooks:
             h.remove()
         model.train(was)
+    return stats_acc
+
+
+def _match_correlations(spec, stats_acc, eps):
+    """Per group, the assignment maximising the summed Pearson correlation of matched units:
+    ``(perm, per_group, mean corr before, mean corr after)``."""
     perm, per_group, before, after = {}, {}, [], []
     for g in spec.groups:
         n = spec.sizes[g]
@@ -491,10 +527,7 @@ def activation_matching(model: nn.Module, spec: PermutationSpec,
         after.append(ca)
         per_group[g] = {"size": n, "skipped": False, "corr_before": cb, "corr_after": ca,
                         "fixed_points": int((p == rows).sum())}
-    return MatchResult(perm=perm, method="activation",
-                       objective_before=float(np.mean(before)) if before else 0.0,
-                       objective_after=float(np.mean(after)) if after else 0.0,
-                       iterations=1, per_group=per_group, time=time.perf_counter() - t0)
+    return perm, per_group, before, after
 
 
 def align(model: nn.Module | None, spec: PermutationSpec, params_a: Mapping[str, torch.Tensor],

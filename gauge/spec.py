@@ -44,6 +44,41 @@ def _shape_of(value) -> tuple[int, ...]:
     return tuple(int(d) for d in value)
 
 
+def _check_axes_cover(axes: Mapping[str, tuple], shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Every param has an axes entry with one entry per dimension, and no other key does."""
+    missing = [k for k in axes if k not in shapes]
+    if missing:
+        raise SpecError(f"spec names {missing[0]!r}, which is not among the params")
+    uncovered = [k for k in shapes if k not in axes]
+    if uncovered:
+        raise SpecError(f"the spec does not cover param {uncovered[0]!r} "
+                        f"(every state_dict entry needs an axes entry)")
+    for k, groups in axes.items():
+        if len(groups) != len(shapes[k]):
+            raise SpecError(f"spec gives {len(groups)} axes for {k!r}, whose shape is "
+                            f"{shapes[k]}")
+
+
+def _fit_layouts(perm_to_axes, sizes, shapes, layouts) -> None:
+    """Check each member axis against its group's size, adding the flatten layout
+    ``(1, size // n)`` (in place) where an axis is larger than its group and has none."""
+    for g, members in perm_to_axes.items():
+        n = sizes[g]
+        for k, ax in members:
+            if k not in shapes:
+                continue
+            size = shapes[k][ax]
+            if (k, ax) not in layouts and size != n:
+                if n <= 0 or size % n:
+                    raise SpecError(f"axis {ax} of {k!r} has size {size}, which is not a "
+                                    f"multiple of group {g!r}'s size {n}")
+                layouts[(k, ax)] = (1, size // n)
+            r, b = layouts.get((k, ax), (1, 1))
+            if r * n * b != size:
+                raise SpecError(f"axis {ax} of {k!r} has size {size} but group {g!r} "
+                                f"(size {n}) with layout {(r, b)} needs {r * n * b}")
+
+
 @dataclass(frozen=True, eq=False)
 class PermutationSpec:
     """Groups of tied axes over the keys of a ``state_dict``.
@@ -93,17 +128,7 @@ class PermutationSpec:
         layouts = dict(layouts or {})
         shapes = {k: _shape_of(v) for k, v in (params or {}).items()}
         if params is not None:
-            missing = [k for k in axes if k not in shapes]
-            if missing:
-                raise SpecError(f"spec names {missing[0]!r}, which is not among the params")
-            uncovered = [k for k in shapes if k not in axes]
-            if uncovered:
-                raise SpecError(f"the spec does not cover param {uncovered[0]!r} "
-                                f"(every state_dict entry needs an axes entry)")
-            for k, groups in axes.items():
-                if len(groups) != len(shapes[k]):
-                    raise SpecError(f"spec gives {len(groups)} axes for {k!r}, whose shape is "
-                                    f"{shapes[k]}")
+            _check_axes_cover(axes, shapes)
         perm_to_axes: dict[str, list[Axis]] = {}
         for k, groups in axes.items():
             for ax, g in enumerate(groups):
@@ -119,21 +144,7 @@ class PermutationSpec:
             plain = [shapes[k][ax] // math.prod(layouts[(k, ax)]) if (k, ax) in layouts
                      else shapes[k][ax] for k, ax in members]
             out_sizes[g] = min(plain)
-        for g in perm_to_axes:
-            n = out_sizes[g]
-            for k, ax in perm_to_axes[g]:
-                if k not in shapes:
-                    continue
-                size = shapes[k][ax]
-                if (k, ax) not in layouts and size != n:
-                    if n <= 0 or size % n:
-                        raise SpecError(f"axis {ax} of {k!r} has size {size}, which is not a "
-                                        f"multiple of group {g!r}'s size {n}")
-                    layouts[(k, ax)] = (1, size // n)
-                r, b = layouts.get((k, ax), (1, 1))
-                if r * n * b != size:
-                    raise SpecError(f"axis {ax} of {k!r} has size {size} but group {g!r} "
-                                    f"(size {n}) with layout {(r, b)} needs {r * n * b}")
+        _fit_layouts(perm_to_axes, out_sizes, shapes, layouts)
         if sizes is not None:
             unknown = [g for g in sizes if g not in perm_to_axes]
             if unknown:
