@@ -37,7 +37,8 @@ from torch import nn
 from tickets.errors import CheckpointError
 
 __all__ = ["LoadedCheckpoint", "read_params", "read_tensor_file", "read_tensors",
-           "state_dict_candidates", "fold_pruning", "WRAPPER_KEYS", "WRAPPER_PREFIXES"]
+           "state_dict_candidates", "fold_pruning", "prefix_chains", "strip_prefix",
+           "strip_known_prefixes", "WRAPPER_KEYS", "WRAPPER_PREFIXES"]
 
 #: Keys of training dicts that hold a state_dict, in the order they are preferred.
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net", "network", "module", "params",
@@ -207,12 +208,12 @@ def fold_pruning(sd: Mapping[str, torch.Tensor]
     return params, mask
 
 
-def _strip(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The entries under ``prefix``, without it (all entries for ``prefix=""``)."""
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
-def _prefix_chains(keys) -> list[str]:
+def prefix_chains(keys) -> list[str]:
     """Every chain of wrapper prefixes that starts some key, shortest first ("" included)."""
     chains = {""}
     for k in keys:
@@ -227,7 +228,7 @@ def _prefix_chains(keys) -> list[str]:
     return sorted(chains, key=lambda c: (len(c), c))
 
 
-def _strip_known(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def strip_known_prefixes(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Without a model: remove ``module.`` and ``_orig_mod.``, which never name a layer."""
     out = {}
     for k, v in sd.items():
@@ -251,8 +252,8 @@ def _fit(key, sd, model: nn.Module, source: str) -> _Fit:
     from tickets.store import check_params
     expected = model.state_dict()
     best = None
-    for chain in _prefix_chains(sd):
-        params, mask = fold_pruning(_strip(sd, chain))
+    for chain in prefix_chains(sd):
+        params, mask = fold_pruning(strip_prefix(sd, chain))
         try:
             check_params(model, params, source)
             return _Fit(key, chain, params, mask, None, len(params))
@@ -266,7 +267,7 @@ def _fit(key, sd, model: nn.Module, source: str) -> _Fit:
 def _pick(path: Path, candidates, model: nn.Module | None) -> _Fit:
     if model is None:
         key, sd = candidates[0]
-        params, mask = fold_pruning(_strip_known(sd))
+        params, mask = fold_pruning(strip_known_prefixes(sd))
         return _Fit(key, "", params, mask, None, len(params))
     fits = [_fit(key, sd, model, str(path) if key is None else f"{path} [{key}]")
             for key, sd in candidates]
