@@ -49,8 +49,9 @@ class DataSplits:
 
     For named datasets and data files, in-memory tensors: ``train.tensors == (x, y)`` with
     ``x`` of shape ``(n, *input_shape)`` (float32 for the named datasets, standardised) and
-    ``y`` int64. A factory may return any map-style datasets. ``test_is_train`` marks data
-    that came without a test split, whose train split stands in for it.
+    ``y`` int64. A factory may return any map-style datasets. ``num_classes`` is one more than
+    the largest integer label (0 when the labels are not integers). ``test_is_train`` marks
+    data that came without a test split, whose train split stands in for it.
     """
 
     name: str
@@ -396,7 +397,8 @@ def _splits_of(spec: str, obj) -> DataSplits:
             raise DataError(f"data {spec!r}: the train split is empty")
         shape = tuple(torch.as_tensor(_first_input(train[0])).shape)
     except TypeError as e:
-        raise DataError(f"data {spec!r}: the datasets must be map-style (len and [i]): {e}") from e
+        raise DataError(f"data {spec!r}: the datasets must be map-style (len and [i]): "
+                        f"{e}") from e
     labels = [y for y in (_labels(train), None if same else _labels(test)) if y is not None]
     ys = torch.cat([y.flatten() for y in labels]) if labels else torch.zeros(0)
     num_classes = int(ys.max()) + 1 if len(ys) and not ys.is_floating_point() else 0

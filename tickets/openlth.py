@@ -1,4 +1,4 @@
-"""OpenLTH run trees (Frankle et al. 2020's codebase, facebookresearch/open_lth), read as zoo models.
+"""OpenLTH run trees (facebookresearch/open_lth; Frankle et al. 2020), read as zoo models.
 
 OpenLTH writes a lottery run as ``ROOT/replicate_R/level_L/main/`` holding
 ``model_ep{E}_it{I}.pth`` (plain ``torch.save``'d state_dicts: the rewound start of the level
@@ -13,7 +13,8 @@ below were checked against OpenLTH's ``models/mnist_lenet.py``, ``models/cifar_r
   ``fc_layers.i.*`` -> ``fc{i+1}.*``, the output ``fc.*`` -> ``fc{K+1}.*``.
 * ``cifar_resnet_20[_W]`` -> ``resnet20`` with ``width=W/16`` (W defaults to 16):
   ``conv``/``bn`` -> ``conv1``/``bn1``; block ``blocks.k`` -> ``layer{k//3+1}.{k%3}``, its
-  ``shortcut.0``/``shortcut.1`` (1x1 stride-2 conv, BatchNorm) -> ``shortcut.conv``/``shortcut.norm``.
+  ``shortcut.0``/``shortcut.1`` (1x1 stride-2 conv, BatchNorm) ->
+  ``shortcut.conv``/``shortcut.norm``.
 * ``cifar_vgg_11`` / ``cifar_vgg_16`` -> ``vgg11`` / ``vgg16`` with ``conv_bias=True``:
   ``layers.j`` (a ``Sequential`` that counts its max-pools) -> ``layers.i`` (the i-th conv block).
 """

@@ -25,7 +25,8 @@ from torch import nn
 from tickets.checkpoints import META_KEY, read_params
 from tickets.errors import CheckpointError, ModelError
 
-__all__ = ["save_checkpoint", "save_params", "load_checkpoint", "atomic_write_bytes", "atomic_write_text",
+__all__ = ["save_checkpoint", "save_params", "load_checkpoint", "atomic_write_bytes",
+           "atomic_write_text",
            "save_json", "load_json", "check_params", "check_finite", "model_from_meta",
            "versions"]
 
@@ -204,6 +205,14 @@ def check_params(model: nn.Module, params: Mapping[str, torch.Tensor], source: s
                               "have (different architecture?)")
 
 
+def _parsed_or_none(spec: str):
+    from tickets.sources import parse_model_source
+    try:
+        return parse_model_source(spec)
+    except ModelError:
+        return None
+
+
 def model_from_meta(meta: Mapping[str, Any], source: str = "checkpoint", *,
                     model: str | None = None, model_kwargs: Mapping[str, Any] | None = None,
                     num_classes: int | None = None, input_shape: Sequence[int] | None = None,
@@ -219,12 +228,15 @@ def model_from_meta(meta: Mapping[str, Any], source: str = "checkpoint", *,
     spec = model or meta.get("model")
     if not spec:
         raise CheckpointError(f"{source}: no model recorded in the metadata; pass --model")
-    if model_kwargs is None:
-        model_kwargs = meta.get("model_kwargs") or {} if spec == meta.get("model") else {}
     num_classes = num_classes if num_classes is not None else meta.get("num_classes")
     input_shape = input_shape if input_shape is not None else meta.get("input_shape")
     try:
         parsed = parse_model_source(spec)
+        if model_kwargs is None:  # the recorded kwargs belong to the recorded source only
+            recorded = meta.get("model")
+            same = spec == recorded or (model is not None and recorded is not None
+                                        and parsed == _parsed_or_none(recorded))
+            model_kwargs = dict(meta.get("model_kwargs") or {}) if same else {}
         if parsed.kind == "zoo" and (num_classes is None or input_shape is None):
             raise CheckpointError(f"{source}: metadata lacks num_classes/input_shape for zoo "
                                   f"model {spec!r}; give --input-shape or --data")
