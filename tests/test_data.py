@@ -146,3 +146,65 @@ def test_cifar_refuses_code_pickle(tmp_path):
 def test_unknown_dataset_lists_valid():
     with pytest.raises(DataError, match="mnist1d"):
         load_dataset("imagenet")
+
+
+# --------------------------------------------------------------------------- the user's data
+
+def test_data_files_in_each_format(tmp_path):
+    from safetensors.torch import save_file
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(30, 2, 5, generator=gen), torch.randint(0, 4, (30,), generator=gen)
+    np.savez(tmp_path / "xy.npz", x=x.numpy(), y=y.numpy())
+    torch.save({"x_train": x[:20], "y_train": y[:20], "x_test": x[20:], "y_test": y[20:]},
+               tmp_path / "splits.pt")
+    save_file({"x_train": x[:20], "y_train": y[:20].int(), "x_test": x[20:],
+               "y_test": y[20:].int()}, tmp_path / "splits.safetensors")
+    one = load_dataset(str(tmp_path / "xy.npz"))
+    assert one.test_is_train and one.test is one.train and "test = train" in one.describe()
+    assert one.input_shape == (2, 5) and one.num_classes == int(y.max()) + 1
+    assert torch.equal(one.train.tensors[0], x) and one.name == "xy.npz"
+    for name in ("splits.pt", "splits.safetensors"):
+        d = load_dataset(str(tmp_path / name))
+        assert not d.test_is_train and len(d.train) == 20 and len(d.test) == 10
+        assert d.train.tensors[1].dtype == torch.int64 and torch.equal(d.test.tensors[0], x[20:])
+
+
+def test_data_file_errors_name_file_and_key(tmp_path):
+    np.savez(tmp_path / "nolabels.npz", x=np.zeros((3, 2)))
+    np.savez(tmp_path / "wrong.npz", inputs=np.zeros((3, 2)))
+    np.savez(tmp_path / "ragged.npz", x=np.zeros((3, 2)), y=np.zeros(4, dtype=np.int64))
+    np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}], dtype=object), y=np.zeros(1))
+    torch.save({"x_train": torch.zeros(3, 2), "y_train": torch.zeros(3), "x_test": torch.zeros(1)},
+               tmp_path / "notest.pt")
+    for name, needle in [("nolabels.npz", "has 'x' but no 'y'"),
+                         ("wrong.npz", r"no 'x' or 'x_train' array \(its keys: inputs\)"),
+                         ("ragged.npz", "'x' has 3 rows but 'y' has 4"),
+                         ("obj.npz", "not a readable .npz"),
+                         ("notest.pt", "has 'x_test' but no 'y_test'"),
+                         ("missing.npz", "no such file")]:
+        with pytest.raises(DataError, match=needle) as err:
+            load_dataset(str(tmp_path / name))
+        assert name in str(err.value)
+
+
+def test_data_factories():
+    d = load_dataset("tests.byo_models:tiny_data", seed=3)
+    assert len(d.train) == 16 and len(d.test) == 8 and not d.test_is_train
+    assert d.input_shape == (40,) and d.num_classes <= 3
+    assert torch.equal(load_dataset("tests.byo_models:tiny_data", seed=3).train.tensors[0],
+                       d.train.tensors[0])
+    with pytest.raises(DataError, match="returned a int; expected a DataSplits"):
+        load_dataset("tests.byo_models:not_a_model")
+    with pytest.raises(DataError, match="module 'no_such_mod_q' does not import"):
+        load_dataset("no_such_mod_q:data")
+
+
+def test_data_factory_from_file_with_one_dataset(tmp_path):
+    (tmp_path / "mydata.py").write_text(
+        "import torch\n"
+        "class Pairs(torch.utils.data.Dataset):\n"
+        "    def __len__(self):\n        return 6\n"
+        "    def __getitem__(self, i):\n        return torch.full((3,), float(i)), i % 2\n"
+        "def make():\n    return Pairs()\n")
+    d = load_dataset(f"{tmp_path}/mydata.py:make")
+    assert d.test_is_train and d.input_shape == (3,) and d.num_classes == 2

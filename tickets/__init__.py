@@ -16,6 +16,9 @@ from tickets.prune import (Sparsity, apply_mask, magnitude_global,  # noqa: E402
 from tickets.imp import (ImpResult, LevelFiles, RunInfo, build_run_model,  # noqa: E402
                          load_level, load_run_data, open_run, run_imp)
 from tickets.instability import InstabilityResult, instability  # noqa: E402
+from tickets.sources import ModelSource, parse_model_source, resolve_model  # noqa: E402
+from tickets.checkpoints import LoadedCheckpoint, read_params  # noqa: E402
+from tickets.masks import load_mask  # noqa: E402
 
 __all__ = ["DataSplits", "dataset_names", "load_dataset", "TicketsError", "build_model",
            "model_names", "load_checkpoint", "save_checkpoint", "TrainConfig", "TrainResult",
@@ -25,4 +28,7 @@ __all__ = ["DataSplits", "dataset_names", "load_dataset", "TicketsError", "build
            "random_mask", "sparsity", "ImpResult", "LevelFiles", "RunInfo", "build_run_model",
            "load_level", "load_run_data", "open_run", "run_imp",
            # instability analysis (issue 5)
-           "InstabilityResult", "instability"]
+           "InstabilityResult", "instability",
+           # bring your own models, checkpoints and masks
+           "ModelSource", "parse_model_source", "resolve_model", "LoadedCheckpoint",
+           "read_params", "load_mask"]

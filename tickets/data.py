@@ -8,6 +8,17 @@
 * ``digits`` is scikit-learn's bundled 8x8 digits with a stratified split fixed by ``seed``.
 * ``mnist``, ``fashion_mnist`` (IDX files) and ``cifar10`` (python pickle batches) are read from
   a folder the user points at with ``root``.
+
+Besides these names, ``load_dataset`` takes the user's own data:
+
+* a file ``.npz`` (read without pickles), ``.pt``/``.pth`` (``torch.load(weights_only=True)``)
+  or ``.safetensors`` holding ``x``/``y`` or ``x_train``/``y_train``/``x_test``/``y_test``.
+  Without a test split the train split is used for both (``DataSplits.test_is_train``).
+  Floating-point ``x`` becomes float32 and integer ``y`` int64; values are used as stored
+  (standardise them yourself);
+* ``pkg.module:factory`` or ``path/to/file.py:factory`` returning a :class:`DataSplits`, a
+  ``(train, test)`` pair of map-style datasets, or one dataset (used for both). A factory
+  parameter named ``root`` or ``seed`` receives those arguments.
 """
 
 from __future__ import annotations
@@ -24,28 +35,35 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from tickets.errors import DataError
 
-__all__ = ["DataSplits", "load_dataset", "dataset_names", "cache_dir"]
+__all__ = ["DataSplits", "load_dataset", "load_data_file", "load_data_factory", "dataset_names",
+           "cache_dir"]
 
 
 @dataclass(frozen=True)
 class DataSplits:
-    """A dataset's train and test splits, standardised, as tensors in memory.
+    """A dataset's train and test splits.
 
-    ``train.tensors == (x, y)`` with ``x`` float32 of shape ``(n, *input_shape)`` and ``y`` int64.
+    For named datasets and data files, in-memory tensors: ``train.tensors == (x, y)`` with
+    ``x`` of shape ``(n, *input_shape)`` (float32 for the named datasets, standardised) and
+    ``y`` int64. A factory may return any map-style datasets. ``num_classes`` is one more than
+    the largest integer label (0 when the labels are not integers). ``test_is_train`` marks
+    data that came without a test split, whose train split stands in for it.
     """
 
     name: str
-    train: TensorDataset
-    test: TensorDataset
+    train: Dataset
+    test: Dataset
     num_classes: int
     input_shape: tuple[int, ...]
+    test_is_train: bool = False
 
     def describe(self) -> str:
-        return (f"{self.name}: {len(self.train)} train / {len(self.test)} test, "
+        test = "test = train" if self.test_is_train else f"{len(self.test)} test"
+        return (f"{self.name}: {len(self.train)} train / {test}, "
                 f"input {tuple(self.input_shape)}, {self.num_classes} classes")
 
 
@@ -279,13 +297,149 @@ def dataset_names() -> list[str]:
     return list(_LOADERS)
 
 
+# --------------------------------------------------------------------------- the user's data
+
+DATA_SUFFIXES = (".npz", ".pt", ".pth", ".safetensors")
+_SPLIT_KEYS = (("x_train", "y_train"), ("x", "y"))
+
+
+def _read_arrays(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: torch.from_numpy(np.array(z[k])) for k in z.files}
+        except (OSError, ValueError, EOFError) as e:
+            raise DataError(f"{path}: not a readable .npz file ({e})") from e
+    from tickets.checkpoints import read_tensors
+    from tickets.errors import CheckpointError
+    try:
+        obj, _, _ = read_tensors(path)
+    except CheckpointError as e:
+        raise DataError(str(e)) from e
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a dict of tensors x/y or x_train/y_train/x_test/"
+                        f"y_test, found a {type(obj).__name__}")
+    return {k: torch.as_tensor(v) for k, v in obj.items()
+            if isinstance(v, (torch.Tensor, np.ndarray))}
+
+
+def _xy(path: Path, arrays: dict, x_key: str, y_key: str) -> TensorDataset:
+    if y_key not in arrays:
+        raise DataError(f"{path}: has {x_key!r} but no {y_key!r} (its keys: "
+                        f"{', '.join(sorted(arrays))})")
+    x, y = arrays[x_key], arrays[y_key]
+    if len(x) != len(y):
+        raise DataError(f"{path}: {x_key!r} has {len(x)} rows but {y_key!r} has {len(y)}")
+    x = x.float() if x.is_floating_point() else x
+    y = y.long() if not y.is_floating_point() else y
+    return TensorDataset(x.contiguous(), y.contiguous())
+
+
+def load_data_file(path: str | os.PathLike) -> DataSplits:
+    """The splits stored in a ``.npz``, ``.pt``/``.pth`` or ``.safetensors`` file (keys
+    ``x``/``y`` or ``x_train``/``y_train``, optionally ``x_test``/``y_test``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    arrays = _read_arrays(path)
+    keys = next((pair for pair in _SPLIT_KEYS if pair[0] in arrays), None)
+    if keys is None:
+        raise DataError(f"{path}: no 'x' or 'x_train' array (its keys: "
+                        f"{', '.join(sorted(arrays)) or 'none'})")
+    train = _xy(path, arrays, *keys)
+    has_test = "x_test" in arrays
+    test = _xy(path, arrays, "x_test", "y_test") if has_test else train
+    ys = torch.cat([train.tensors[1].flatten(), test.tensors[1].flatten()])
+    num_classes = int(ys.max()) + 1 if not ys.is_floating_point() and len(ys) else 0
+    return DataSplits(name=path.name, train=train, test=test, num_classes=num_classes,
+                      input_shape=tuple(train.tensors[0].shape[1:]), test_is_train=not has_test)
+
+
+def _first_input(item):
+    if isinstance(item, dict):
+        return item.get("input_ids", next(iter(item.values())))
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+def _labels(ds: Dataset) -> torch.Tensor | None:
+    if isinstance(ds, TensorDataset) and len(ds.tensors) > 1:
+        return ds.tensors[1]
+    for attr in ("targets", "labels"):
+        if hasattr(ds, attr):
+            return torch.as_tensor(np.asarray(getattr(ds, attr)))
+    ys = []
+    for i in range(len(ds)):  # a dataset without a label array: read every label once
+        item = ds[i]
+        if isinstance(item, dict):
+            if "labels" not in item:
+                return None
+            ys.append(torch.as_tensor(item["labels"]).flatten())
+        elif isinstance(item, (tuple, list)) and len(item) > 1:
+            ys.append(torch.as_tensor(item[1]).flatten())
+        else:
+            return None
+    return torch.cat(ys) if ys else None
+
+
+def _splits_of(spec: str, obj) -> DataSplits:
+    if isinstance(obj, DataSplits):
+        return obj
+    if isinstance(obj, Dataset):
+        train, test, same = obj, obj, True
+    elif isinstance(obj, (tuple, list)) and len(obj) == 2 and all(
+            isinstance(d, Dataset) for d in obj):
+        (train, test), same = obj, False
+    else:
+        raise DataError(f"data {spec!r}: the factory returned a {type(obj).__name__}; expected "
+                        "a DataSplits, a (train, test) pair of Datasets, or one Dataset")
+    try:
+        if len(train) == 0:
+            raise DataError(f"data {spec!r}: the train split is empty")
+        shape = tuple(torch.as_tensor(_first_input(train[0])).shape)
+    except TypeError as e:
+        raise DataError(f"data {spec!r}: the datasets must be map-style (len and [i]): "
+                        f"{e}") from e
+    labels = [y for y in (_labels(train), None if same else _labels(test)) if y is not None]
+    ys = torch.cat([y.flatten() for y in labels]) if labels else torch.zeros(0)
+    num_classes = int(ys.max()) + 1 if len(ys) and not ys.is_floating_point() else 0
+    return DataSplits(name=spec, train=train, test=test, num_classes=num_classes,
+                      input_shape=shape, test_is_train=same)
+
+
+def load_data_factory(spec: str, *, root: str | os.PathLike | None = None,
+                      seed: int = 0) -> DataSplits:
+    """The splits a ``pkg.module:factory`` or ``path/to/file.py:factory`` returns."""
+    import inspect
+    from tickets.factories import load_factory, one_line
+    factory = load_factory(spec, error=DataError)
+    if not callable(factory):
+        raise DataError(f"data {spec!r}: not a function or class")
+    try:
+        names = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        names = {}
+    kwargs = {k: v for k, v in (("root", root), ("seed", seed)) if k in names}
+    try:
+        obj = factory(**kwargs)
+    except Exception as e:  # the user's code failing on the user's input
+        raise DataError(f"data {spec!r}: the factory raised {one_line(e)}") from e
+    return _splits_of(spec, obj)
+
+
 def load_dataset(name: str, *, root: str | os.PathLike | None = None, seed: int = 0) -> DataSplits:
-    """Load dataset ``name`` (see :func:`dataset_names`), standardised, as in-memory tensors.
+    """Load dataset ``name``: one of :func:`dataset_names` (standardised, as in-memory tensors),
+    a data file, or a factory (see the module docstring).
 
     ``root`` is the folder holding the files of ``mnist``/``fashion_mnist``/``cifar10``;
     ``seed`` fixes the train/test split where the dataset has no canonical one (``digits``).
     Raises :class:`~tickets.errors.DataError` naming what is missing.
     """
-    if name not in _LOADERS:
-        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(_LOADERS)}")
-    return _LOADERS[name](root, seed)
+    from tickets.factories import is_factory_spec
+    if name in _LOADERS:
+        return _LOADERS[name](root, seed)
+    if Path(name).suffix.lower() in DATA_SUFFIXES or Path(name).is_file():
+        return load_data_file(name)
+    if is_factory_spec(name):
+        return load_data_factory(name, root=root, seed=seed)
+    raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(_LOADERS)}, a file "
+                    f"({', '.join(DATA_SUFFIXES)}) or pkg.module:factory")

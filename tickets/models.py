@@ -13,7 +13,8 @@ Architectures and their sources:
 * ``conv2`` / ``conv4`` / ``conv6`` -- the VGG-like CIFAR nets of Frankle & Carbin (2019):
   pairs of 3x3 convs (64, 128, 256 channels) with max-pooling, then FC 256-256-classes.
 * ``vgg11`` / ``vgg16`` -- CIFAR VGG as in OpenLTH (Simonyan & Zisserman 2015), BatchNorm
-  optional, global average pooling then one linear layer.
+  optional, global average pooling then one linear layer; ``conv_bias=True`` keeps the conv
+  biases before BatchNorm, as OpenLTH's checkpoints do.
 * ``resnet20`` -- CIFAR ResNet-20 (He et al. 2016) with width multiplier ``width`` and
   projection shortcuts (1x1 conv + norm) where the shape changes, as in OpenLTH; ``norm`` is
   ``"batchnorm"`` (default), ``"layernorm"`` (GroupNorm with one group, as git-re-basin's
@@ -98,11 +99,14 @@ class ConvNet(nn.Module):
 
 
 class ConvBlock(nn.Module):
-    """conv 3x3 -> optional BatchNorm -> ReLU (keys ``conv.weight``, ``bn.weight``)."""
+    """conv 3x3 -> optional BatchNorm -> ReLU (keys ``conv.weight``, ``bn.weight``).
 
-    def __init__(self, c_in, c_out, batchnorm):
+    The conv has a bias only without BatchNorm (which would cancel it), unless ``conv_bias``:
+    OpenLTH's CIFAR VGG keeps that bias, and its checkpoints carry it."""
+
+    def __init__(self, c_in, c_out, batchnorm, conv_bias=False):
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batchnorm)
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=conv_bias or not batchnorm)
         self.bn = nn.BatchNorm2d(c_out) if batchnorm else None
 
     def forward(self, x):
@@ -121,7 +125,7 @@ _VGG_PLANS = {
 class VGG(nn.Module):
     """CIFAR VGG (OpenLTH's plans): conv blocks ``layers.i``, max-pools, GAP, linear ``fc``."""
 
-    def __init__(self, input_shape, num_classes, plan, batchnorm=True, width=1):
+    def __init__(self, input_shape, num_classes, plan, batchnorm=True, width=1, conv_bias=False):
         super().__init__()
         c, h, w = _conv_hw(input_shape, "vgg")
         blocks, self.pool_after = [], []
@@ -130,7 +134,7 @@ class VGG(nn.Module):
                 self.pool_after.append(len(blocks) - 1)
                 h, w = h // 2, w // 2
             else:
-                blocks.append(ConvBlock(c, int(item * width), batchnorm))
+                blocks.append(ConvBlock(c, int(item * width), batchnorm, conv_bias))
                 c = int(item * width)
         if h < 1 or w < 1:
             raise ModelError(f"input {tuple(input_shape)} is too small for this VGG")
@@ -257,8 +261,10 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "conv2": lambda s, k: ConvNet(s, k, [64]),
     "conv4": lambda s, k: ConvNet(s, k, [64, 128]),
     "conv6": lambda s, k: ConvNet(s, k, [64, 128, 256]),
-    "vgg11": lambda s, k, batchnorm=True, width=1: VGG(s, k, _VGG_PLANS["vgg11"], batchnorm, width),
-    "vgg16": lambda s, k, batchnorm=True, width=1: VGG(s, k, _VGG_PLANS["vgg16"], batchnorm, width),
+    "vgg11": lambda s, k, batchnorm=True, width=1, conv_bias=False: VGG(
+        s, k, _VGG_PLANS["vgg11"], batchnorm, width, conv_bias),
+    "vgg16": lambda s, k, batchnorm=True, width=1, conv_bias=False: VGG(
+        s, k, _VGG_PLANS["vgg16"], batchnorm, width, conv_bias),
     "resnet20": lambda s, k, width=1, norm="batchnorm": ResNet20(s, k, width, norm),
     "cnn1d": lambda s, k, channels=32, batchnorm=False: CNN1d(s, k, channels, batchnorm),
 }
@@ -290,7 +296,7 @@ def build_model(name: str, *, num_classes: int, input_shape: Sequence[int], seed
                 **kwargs) -> nn.Module:
     """Build zoo model ``name`` for inputs of ``input_shape`` (no batch axis), initialised
     from ``seed``. Extra ``kwargs`` are the architecture's options (``widths``, ``width``,
-    ``norm``, ``batchnorm``, ``channels``)."""
+    ``norm``, ``batchnorm``, ``conv_bias``, ``channels``)."""
     if name not in _REGISTRY:
         raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(_REGISTRY)}")
     if "widths" in kwargs and kwargs["widths"] is not None:

@@ -10,24 +10,25 @@ refused without running it.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import platform
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from tickets.checkpoints import META_KEY, read_params
 from tickets.errors import CheckpointError, ModelError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_bytes", "atomic_write_text",
+__all__ = ["save_checkpoint", "save_params", "load_checkpoint", "atomic_write_bytes",
+           "atomic_write_text",
            "save_json", "load_json", "check_params", "check_finite", "model_from_meta",
            "versions"]
-
-META_KEY = "gauge"
 
 
 def versions() -> dict[str, str]:
@@ -40,12 +41,27 @@ def versions() -> dict[str, str]:
             "scipy": scipy.__version__, "python": platform.python_version()}
 
 
+def _umask() -> int:
+    try:  # Linux reports it without changing it
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere it can only be read by setting it; set it straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates the file 0600; give it the mode a plain open() would (0666 - umask).
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -127,41 +143,6 @@ def save_checkpoint(path: str | os.PathLike, params: Mapping[str, torch.Tensor],
     atomic_write_bytes(path, data)
 
 
-def _strip_prefixes(sd: dict) -> dict:
-    out = {}
-    for k, v in sd.items():
-        for prefix in ("module.", "_orig_mod."):
-            while k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
-    return out
-
-
-def _load_torch(path: Path) -> dict:
-    import pickle
-    import warnings
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # protocol notes from the weights-only unpickler
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe pickle"
-        raise CheckpointError(f"{path}: refused to load: the pickle needs code that a "
-                              f"weights-only load does not allow ({first[:200]})") from e
-    except Exception as e:  # torch.load raises many types (incl. safetensors' on some files)
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(e)[:200]})") from e
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model", "model_state_dict", "params"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor)
-                                                        for v in obj.values()):
-        raise CheckpointError(f"{path}: not a state_dict (expected a dict of tensors, "
-                              "possibly under 'state_dict' or 'model')")
-    return _strip_prefixes(obj)
-
-
 def check_finite(params: Mapping[str, torch.Tensor], source: str = "params") -> None:
     """Raise :class:`CheckpointError` naming the first tensor with a NaN or infinite entry."""
     for k, v in params.items():
@@ -176,42 +157,32 @@ def load_checkpoint(path: str | os.PathLike, *, check: bool = True
 
     ``meta`` is empty for files without our metadata. With ``check`` (default), non-finite
     floating-point weights are refused. Errors are :class:`CheckpointError` naming the file.
+    :func:`tickets.checkpoints.read_params` reads the same files (and folders), fitted to a
+    model, and says how it read them.
     """
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if len(head) == 0:
-        raise CheckpointError(f"{path}: empty file")
-    is_safetensors = len(head) >= 9 and head[8:9] == b"{"
-    if is_safetensors:
-        from safetensors.torch import load as st_load
-        raw = path.read_bytes()
-        try:
-            params = st_load(raw)
-        except Exception as e:  # safetensors raises its own (Rust) error types
-            raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from e
-        header_len = int.from_bytes(raw[:8], "little")
-        try:
-            header = json.loads(raw[8:8 + header_len])
-            meta = json.loads(header.get("__metadata__", {}).get(META_KEY, "{}"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path}: unreadable metadata ({e})") from e
-        # safetensors returns its tensors in a per-process random (hash map) order; code that
-        # flattens params in dict order (Hessian probes, Lanczos) must see the same order in
-        # every process, so order them as they lie in the file.
-        params = {k: params[k] for k in sorted(
-            params, key=lambda k: (header.get(k, {}).get("data_offsets", [0])[0], k))}
+    loaded = read_params(path, check=check)
+    return loaded.params, loaded.meta
+
+
+def save_params(path: str | os.PathLike, params: Mapping[str, torch.Tensor],
+                meta: Mapping[str, Any] | None = None) -> None:
+    """Save ``params`` in the format the suffix of ``path`` names, atomically.
+
+    ``.safetensors``: with ``meta`` (:func:`save_checkpoint`). ``.pt``/``.pth``: a plain
+    state_dict through ``torch.save``, which any PyTorch code loads with
+    ``torch.load(path, weights_only=True)``; ``meta`` is not stored. Any other suffix raises
+    :class:`CheckpointError`.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix == ".safetensors":
+        save_checkpoint(path, params, meta)
+    elif suffix in (".pt", ".pth"):
+        buf = io.BytesIO()
+        torch.save({k: v.detach().to("cpu").contiguous().clone() for k, v in params.items()}, buf)
+        atomic_write_bytes(path, buf.getvalue())
     else:
-        params, meta = _load_torch(path), {}
-    if not params:
-        raise CheckpointError(f"{path}: holds no tensors")
-    if check:
-        check_finite(params, str(path))
-    return params, meta
+        raise CheckpointError(f"{path}: unknown checkpoint format {suffix or '(no suffix)'!r}; "
+                              "use .safetensors (with metadata) or .pt/.pth (a plain state_dict)")
 
 
 def check_params(model: nn.Module, params: Mapping[str, torch.Tensor], source: str = "params",
@@ -234,19 +205,42 @@ def check_params(model: nn.Module, params: Mapping[str, torch.Tensor], source: s
                               "have (different architecture?)")
 
 
-def model_from_meta(meta: Mapping[str, Any], source: str = "checkpoint", *,
-                    model: str | None = None, seed: int = 0) -> nn.Module:
-    """Build the zoo model a checkpoint was made from (its ``meta``), or ``model`` if given."""
-    from tickets.models import build_model
-    name = model or meta.get("model")
-    if not name:
-        raise CheckpointError(f"{source}: no model name in the metadata; pass --model NAME")
-    if "num_classes" not in meta or "input_shape" not in meta:
-        raise CheckpointError(f"{source}: metadata lacks num_classes/input_shape; "
-                              "it was not written by gauge")
-    kwargs = dict(meta.get("model_kwargs") or {}) if name == meta.get("model") else {}
+def _parsed_or_none(spec: str):
+    from tickets.sources import parse_model_source
     try:
-        return build_model(name, num_classes=meta["num_classes"],
-                           input_shape=meta["input_shape"], seed=seed, **kwargs)
+        return parse_model_source(spec)
+    except ModelError:
+        return None
+
+
+def model_from_meta(meta: Mapping[str, Any], source: str = "checkpoint", *,
+                    model: str | None = None, model_kwargs: Mapping[str, Any] | None = None,
+                    num_classes: int | None = None, input_shape: Sequence[int] | None = None,
+                    seed: int = 0) -> nn.Module:
+    """Build the model a checkpoint was made from (its ``meta``, see
+    :func:`tickets.sources.model_meta`), or the source ``model`` if given.
+
+    ``model_kwargs``, ``num_classes`` and ``input_shape`` override the recorded ones; the
+    recorded kwargs apply only to the recorded source. Errors are :class:`CheckpointError`
+    naming ``source`` (the checkpoint).
+    """
+    from tickets.sources import parse_model_source, resolve_model
+    spec = model or meta.get("model")
+    if not spec:
+        raise CheckpointError(f"{source}: no model recorded in the metadata; pass --model")
+    num_classes = num_classes if num_classes is not None else meta.get("num_classes")
+    input_shape = input_shape if input_shape is not None else meta.get("input_shape")
+    try:
+        parsed = parse_model_source(spec)
+        if model_kwargs is None:  # the recorded kwargs belong to the recorded source only
+            recorded = meta.get("model")
+            same = spec == recorded or (model is not None and recorded is not None
+                                        and parsed == _parsed_or_none(recorded))
+            model_kwargs = dict(meta.get("model_kwargs") or {}) if same else {}
+        if parsed.kind == "zoo" and (num_classes is None or input_shape is None):
+            raise CheckpointError(f"{source}: metadata lacks num_classes/input_shape for zoo "
+                                  f"model {spec!r}; give --input-shape or --data")
+        return resolve_model(parsed, kwargs=model_kwargs, num_classes=num_classes,
+                             input_shape=input_shape, seed=seed)
     except ModelError as e:
         raise CheckpointError(f"{source}: {e}") from e
