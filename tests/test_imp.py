@@ -18,8 +18,9 @@ from tests.conftest import ROOT, assert_user_error, run_cli
 from tickets import prune as P
 from tickets.data import DataSplits
 from tickets.errors import ConfigError, ModelError, RunError
-from tickets.imp import (LevelFiles, RunInfo, build_run_model, load_level, load_run_data,
-                         open_run, run_imp)
+from tickets.imp import run_imp
+from tickets.runs import (LevelFiles, RunInfo, build_run_model, load_level, load_run_data,
+                          open_run)
 from tickets.store import check_params, load_checkpoint, model_from_meta, save_checkpoint
 from tickets.train import TrainConfig
 

@@ -27,6 +27,7 @@ import torch
 from tickets.data import DataSplits
 from tickets.errors import ConfigError
 from tickets.models import build_model
+from tickets.prune import check_mask, sparsity
 from tickets.train import TrainConfig, train
 
 __all__ = ["instability", "InstabilityResult"]
@@ -121,15 +122,9 @@ def instability(model_name: str, data: DataSplits, cfg: TrainConfig, *,
                         seed=seed, **kwargs)
     density = 1.0
     if mask is not None:
-        named = dict(model.named_parameters())
-        for k, m in mask.items():
-            if k not in named:
-                raise ConfigError(f"mask key {k!r} is not a parameter of {model_name}")
-            if tuple(m.shape) != tuple(named[k].shape):
-                raise ConfigError(f"mask {k!r} has shape {tuple(m.shape)}, {model_name} has "
-                                  f"{tuple(named[k].shape)}")
-        kept = sum(int(m.sum()) for m in mask.values())
-        density = kept / max(1, sum(m.numel() for m in mask.values()))
+        checked = check_mask(dict(model.named_parameters()), mask, f"mask for {model_name}",
+                             error=ConfigError)
+        density = sparsity(checked).density
 
     parent = None
     if max(ks) > 0:

@@ -33,6 +33,7 @@ from torch import nn
 
 from tickets.data import DataSplits
 from tickets.errors import ConfigError
+from tickets.prune import check_mask
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "default_config", "batch_order"]
 
@@ -258,13 +259,7 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *, seed: int, da
     named = dict(model.named_parameters())
     masked: list[tuple[torch.Tensor, torch.Tensor]] = []
     if mask is not None:
-        unknown = [k for k in mask if k not in named]
-        if unknown:
-            raise ConfigError(f"mask key {unknown[0]!r} is not a parameter of the model")
-        for k, m in mask.items():
-            if tuple(m.shape) != tuple(named[k].shape):
-                raise ConfigError(f"mask {k!r} has shape {tuple(m.shape)}, parameter has "
-                                  f"{tuple(named[k].shape)}")
+        for k, m in check_mask(named, mask, error=ConfigError).items():
             if bool(m.all()):
                 continue  # a full mask costs nothing
             mf = m.to(device=device, dtype=named[k].dtype)
