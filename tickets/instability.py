@@ -93,6 +93,20 @@ def _check(rewind_iters: Iterable[int], data_seeds, total: int) -> tuple[list[in
     return sorted(set(ks)), seeds
 
 
+def _parent(model, data: DataSplits, cfg: TrainConfig, ks: list[int], *, seed: int,
+            data_seed: int, device):
+    """The dense parent run holding ``theta_k`` for every ``k`` in ``ks`` (None if all are 0).
+
+    The parent only has to reach the last rewind point. Batch order and learning rate are
+    functions of the absolute iteration, so a run cut at max(ks) follows the full run's
+    trajectory exactly -- unless the schedule depends on the run length (cosine)."""
+    if max(ks) == 0:
+        return None
+    parent_cfg = cfg if cfg.schedule == "cosine" else cfg.replace(iters=max(ks), epochs=None)
+    return train(model, data, parent_cfg, seed=seed, data_seed=data_seed, checkpoints_at=ks,
+                 device=device)
+
+
 def instability(model_name: str, data: DataSplits, cfg: TrainConfig, *,
                 rewind_iters: Iterable[int] = (0,), seed: int, data_seeds=(1, 2),
                 mask: Mapping[str, torch.Tensor] | None = None,
@@ -126,14 +140,7 @@ def instability(model_name: str, data: DataSplits, cfg: TrainConfig, *,
                              error=ConfigError)
         density = sparsity(checked).density
 
-    parent = None
-    if max(ks) > 0:
-        # The parent only has to reach the last rewind point. Batch order and learning rate
-        # are functions of the absolute iteration, so a run cut at max(ks) follows the full
-        # run's trajectory exactly -- unless the schedule depends on the run length (cosine).
-        parent_cfg = cfg if cfg.schedule == "cosine" else cfg.replace(iters=max(ks), epochs=None)
-        parent = train(model, data, parent_cfg, seed=seed, data_seed=parent_ds,
-                       checkpoints_at=ks, device=device)
+    parent = _parent(model, data, cfg, ks, seed=seed, data_seed=parent_ds, device=device)
     rows, paths = [], {}
     for k in ks:
         start = model.state_dict() if k == 0 else parent.checkpoints[k]
