@@ -283,11 +283,16 @@ def run_imp(model_name: str | ImpConfig, data: DataSplits, cfg: TrainConfig | No
     """
     t_start = time.perf_counter()
     controls = list(dict.fromkeys([control] if isinstance(control, str) else list(control or [])))
-    options = dict(cfg=cfg, seed=seed, fraction=fraction, strategy=strategy,
-                   rewind_iter=rewind_iter or None, data_seed=data_seed,
-                   model_kwargs=model_kwargs, layer_fractions=layer_fractions, ignore=ignore,
-                   dataset_seed=dataset_seed, root=root)
-    config = _config_of(model_name, data, mask, options)
+    options = dict(seed=seed, fraction=fraction, strategy=strategy, rewind_iter=rewind_iter,
+                   data_seed=data_seed, model_kwargs=model_kwargs,
+                   layer_fractions=layer_fractions, ignore=ignore, dataset_seed=dataset_seed,
+                   root=root)
+    if isinstance(model_name, ImpConfig):
+        config = _given_config(model_name, data, cfg=cfg, **options)
+    elif cfg is None or seed is None:
+        raise ConfigError("run_imp needs a TrainConfig and a seed (or an ImpConfig)")
+    else:
+        config = ImpConfig.build(model_name, data, cfg, mask=mask, **options)
     check_imp_args(levels=levels, fraction=config.fraction, strategy=config.strategy,
                    rewind_iter=config.rewind_iter, total_iters=config.total_iters,
                    controls=controls)
@@ -305,16 +310,9 @@ def run_imp(model_name: str | ImpConfig, data: DataSplits, cfg: TrainConfig | No
     return imp.result(time.perf_counter() - t_start)
 
 
-def _config_of(model_name: str | ImpConfig, data: DataSplits, mask, options: dict) -> ImpConfig:
-    """``model_name`` if it is an :class:`ImpConfig` (checked against ``data``), else the config
-    :meth:`ImpConfig.build` makes from ``options``."""
-    if not isinstance(model_name, ImpConfig):
-        if options["cfg"] is None or options["seed"] is None:
-            raise ConfigError("run_imp needs a TrainConfig and a seed (or an ImpConfig)")
-        options["rewind_iter"] = options["rewind_iter"] or 0
-        return ImpConfig.build(model_name, data, options.pop("cfg"), mask=mask, **options)
-    config = model_name
-    given = [k for k, v in options.items() if v is not None]
+def _given_config(config: ImpConfig, data: DataSplits, **options) -> ImpConfig:
+    """``config``, checked against ``data``; the options it fixes must be left out."""
+    given = [k for k, v in options.items() if v is not None and (k != "rewind_iter" or v != 0)]
     if given:
         raise ConfigError(f"run_imp: {given[0]} is part of the ImpConfig; do not pass it too")
     found = (data.name, data.num_classes, tuple(data.input_shape),
@@ -393,7 +391,8 @@ class _Imp:
         """Ticket level ``level``: level 0 trains from ``start_mask * theta_0`` and keeps the
         rewind point; later levels prune the previous level and rewind."""
         if level in self.done[None]:
-            return self._record(level, None, resumed=True)
+            self._record(level, None, resumed=True)
+            return
         if level == 0:
             start = P.apply_mask(init_params, start_mask)
             final, rewind = self._train(0, None, start, start_mask, 0, self.config.seed,
@@ -414,7 +413,8 @@ class _Imp:
     def control(self, level: int, ctrl: str) -> None:
         """Control ``ctrl`` at ticket level ``level`` (seed derived from seed, ctrl, level)."""
         if level in self.done[ctrl]:
-            return self._record(level, ctrl, resumed=True)
+            self._record(level, ctrl, resumed=True)
+            return
         cseed = _derive_seed(self.config.seed, ctrl, level)
         _, level_mask = self._ticket_state(level)
         if ctrl == "random_reinit":
