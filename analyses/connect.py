@@ -17,15 +17,15 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from analyses.common import (UsageError, add_device_argument, add_json_argument, emit_json,
                              ensure_output_path, load_checkpoint_for_cli, resolve_device)
+from tickets.runs import cache_file, level_stamp, read_cache, write_cache  # noqa: F401
 
 HELP = "linear mode connectivity: loss/error barrier along the path between two checkpoints"
 
@@ -35,35 +35,6 @@ CACHE_VERSION = 1
 
 # --------------------------------------------------------------------------------------------
 # helpers shared by connect / overlap / transfer / instability
-
-
-def cache_file(run_path: Path, name: str, key: dict) -> Path:
-    """``RUN/analyses/<name>-<hash of key>.json``."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
-    return Path(run_path) / "analyses" / f"{name}-{digest[:12]}.json"
-
-
-def read_cache(path: Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text()) if Path(path).is_file() else None
-    except (OSError, ValueError):
-        return None
-
-
-def write_cache(path: Path, obj: Any) -> None:
-    from tickets.store import save_json
-    try:
-        save_json(path, obj)
-    except OSError:
-        pass  # a read-only run directory only costs the cache
-
-
-def level_stamp(run, level: int) -> float:
-    """mtime of a level's metrics.json (written last): a recomputed level invalidates caches."""
-    try:
-        return (run.level_path(level) / "metrics.json").stat().st_mtime
-    except OSError:
-        return 0.0
 
 
 def same_architecture(metas: Sequence[dict], names: Sequence[str]) -> None:
@@ -273,7 +244,7 @@ def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None, bn
     have). Each (pair, level) is cached in ``RUN_A/analyses/connect-<key>.json``."""
     from gauge.connect import PathResult, linear_path
     from gauge.infer import infer_spec
-    from tickets.imp import build_run_model, load_level, load_run_data, open_run
+    from tickets.runs import build_run_model, load_level, load_run_data, open_run
 
     check_points(points)
     runs = [open_run(p) for p in run_dirs]

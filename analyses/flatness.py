@@ -302,7 +302,7 @@ def _options_key(options: dict) -> str:
 
 def _level_row(run, level, control, model, xy, options, device) -> dict:
     import gauge as fl
-    from tickets.imp import load_level
+    from tickets.runs import load_level
     files = load_level(run, level, control=control)
     params, mask = files.final, files.mask
     common = dict(mask=mask, device=device, seed=options["seed"])
@@ -337,7 +337,7 @@ def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None,
     call only reads JSON."""
     import torch
 
-    from tickets.imp import build_run_model, load_run_data, open_run
+    from tickets.runs import build_run_model, load_run_data, open_run
     from tickets.store import load_json, save_json
     if not rho > 0:
         raise UsageError(f"rho must be > 0, got {rho}")

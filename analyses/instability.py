@@ -53,7 +53,7 @@ def _mask_from_args(args):
     if args.ticket:
         if args.level is None:
             raise UsageError("--ticket needs --level")
-        from tickets.imp import load_level, open_run
+        from tickets.runs import load_level, open_run
         run = open_run(args.ticket)
         if run.meta.get("model") != args.model:
             raise UsageError(f"--ticket {args.ticket} is a {run.meta.get('model')} run, not "
@@ -153,7 +153,7 @@ def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None,
     """Instability of the first run's architecture (its model, data, training config and seed):
     dense, and under its ticket at ``level`` (default: the sparsest level all runs have).
     Rewind iterations past the end of training are dropped. Cached in RUN/analyses/."""
-    from tickets.imp import load_level, load_run_data, open_run
+    from tickets.runs import load_level, load_run_data, open_run
     from tickets.instability import instability
     from tickets.train import TrainConfig
     runs = [open_run(p) for p in run_dirs]

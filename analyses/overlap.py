@@ -70,7 +70,7 @@ class OverlapAnalysis:
 
 
 def _load(run_dirs: Sequence[str | Path], levels: Sequence[int]):
-    from tickets.imp import open_run
+    from tickets.runs import open_run
     runs = [open_run(p) for p in run_dirs]
     if len(runs) < 2:
         raise UsageError("overlap needs at least two run directories (seeds)")
@@ -85,7 +85,7 @@ def _load(run_dirs: Sequence[str | Path], levels: Sequence[int]):
 
 def _analyse(runs, level: int, align: str | None, device, state: dict) -> dict:
     from gauge.overlap import mask_overlap, overlap_matrix
-    from tickets.imp import build_run_model, load_level, load_run_data
+    from tickets.runs import build_run_model, load_level, load_run_data
     masks = [load_level(r, level).mask for r in runs]
     names = [str(r.path) for r in runs]
     for m, n in zip(masks[1:], names[1:]):
@@ -128,7 +128,7 @@ def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None,
             ) -> OverlapAnalysis:
     """Overlap matrices of the runs' masks at each level in ``levels`` (default: every pruned
     level all runs have), raw and aligned; cached per level in RUN_0/analyses/."""
-    from tickets.imp import open_run
+    from tickets.runs import open_run
     pre = [open_run(p) for p in run_dirs]
     if levels is None:
         levels = sorted(set.intersection(*(set(r.levels) for r in pre)))

@@ -98,9 +98,9 @@ def _completed_levels(folder: Path) -> tuple[int, ...]:
 
 
 def _read_run(path: Path) -> tuple[dict, tuple[int, ...], dict]:
-    """(run.json, levels, controls), through ``tickets.imp.open_run`` when it exists."""
+    """(run.json, levels, controls), through ``tickets.runs.open_run`` when it exists."""
     try:
-        from tickets.imp import open_run
+        from tickets.runs import open_run
     except ImportError:
         open_run = None
     if open_run is not None:
@@ -701,7 +701,7 @@ def compute_landscape(runs: Sequence[Run], *, levels=(), device="cpu", quick: bo
         from gauge.infer import infer_spec
     except ImportError as e:
         raise _Skip(f"gauge.flatness is not part of this build ({e})") from e
-    from tickets.imp import build_run_model, load_level, load_run_data, open_run
+    from tickets.runs import build_run_model, load_level, load_run_data, open_run
     run = runs[0]
     wanted = sorted({0, max(levels)} & set(levels)) if levels else [0]
     opts = {"v": CACHE_VERSION, "quick": bool(quick), "subset": subset, "seed": seed,

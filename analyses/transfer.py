@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -24,10 +23,10 @@ from analyses.common import (UsageError, add_device_argument, add_json_argument,
                              ensure_output_path, resolve_device)
 from analyses.connect import (align_params, cache_file, example_input, level_stamp, read_cache,
                               same_architecture, write_cache)
+from tickets.transfer import VARIANTS, TransferResult, transfer_ticket
 
 HELP = "move a ticket from one seed to another by permuting its mask (sparse re-basin)"
 CACHE_VERSION = 1
-VARIANTS = ("permuted", "naive", "random", "own")
 
 
 def add_arguments(parser) -> None:
@@ -47,38 +46,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quiet", action="store_true")
 
 
-@dataclass(frozen=True)
-class TransferResult:
-    """Test accuracy of B's rewind weights trained under A's permuted mask, A's naive mask, a
-    random mask of the same per-layer sparsity, and B's own ticket; mask overlaps with B's
-    own ticket (Jaccard) for the permuted and naive masks."""
-
-    ticket: str
-    to: str
-    level: int
-    align: str
-    density: float
-    rows: list[dict]
-    overlap_with_own: dict
-
-    def table(self) -> list[dict]:
-        return [dict(r) for r in self.rows]
-
-    def to_dict(self) -> dict:
-        return {"ticket": self.ticket, "to": self.to, "level": self.level, "align": self.align,
-                "density": self.density, "rows": self.rows,
-                "overlap_with_own": self.overlap_with_own}
-
-
 def transfer(run_a, run_b, level: int, *, align: str = "weight", seed: int = 0, device="cpu"
              ) -> TransferResult:
-    """The computation behind ``gauge transfer`` (runs: paths or ``RunInfo``)."""
-    from gauge.overlap import mask_overlap
+    """The computation behind ``gauge transfer`` (runs: paths or ``RunInfo``): B aligned to A,
+    then :func:`tickets.transfer.transfer_ticket`."""
     from gauge.infer import infer_spec
-    from gauge.symmetry import apply_permutation, invert
-    from tickets.imp import build_run_model, load_level, load_run_data, open_run
-    from tickets.prune import random_mask
-    from tickets.train import TrainConfig, train
+    from tickets.runs import build_run_model, load_level, load_run_data, open_run
 
     a = run_a if hasattr(run_a, "meta") else open_run(run_a)
     b = run_b if hasattr(run_b, "meta") else open_run(run_b)
@@ -92,38 +65,13 @@ def transfer(run_a, run_b, level: int, *, align: str = "weight", seed: int = 0, 
         if lv not in run.levels:
             raise UsageError(f"{run.path}: level {lv} is not complete (completed: "
                              f"{', '.join(map(str, run.levels)) or 'none'})")
-    ticket = load_level(a, level)
-    dense_a, dense_b, own = load_level(a, 0), load_level(b, 0), load_level(b, level)
-    if set(ticket.mask) != set(own.mask):
-        raise UsageError(f"the masks of {a.path} and {b.path} cover different weights")
     model = build_run_model(b)
     spec = infer_spec(model, example_input(b.meta))
     data = load_run_data(b)
-    _, perm = align_params(model, spec, dense_a.final, dense_b.final, align, data, seed=seed,
+    _, perm = align_params(model, spec, load_level(a, 0).final, load_level(b, 0).final, align,
+                           data, seed=seed, device=device)
+    return transfer_ticket(a, b, level, spec, perm, align=align, seed=seed, data=data,
                            device=device)
-    # perm maps B onto A; its inverse carries A's mask into B's basis
-    masks = {"permuted": apply_permutation(spec, invert(perm), ticket.mask),
-             "naive": dict(ticket.mask),
-             "random": random_mask(ticket.mask, seed=seed, per_layer=True)}
-    cfg = TrainConfig.from_dict(b.meta["train_config"])
-    start_iter = int(b.meta.get("rewind_iter", 0))
-    model.load_state_dict(dense_b.init)  # theta_k of B (level 0 init holds the rewind point)
-    rows = []
-    for name, mask in masks.items():
-        res = train(model, data, cfg, seed=int(b.meta["seed"]),
-                    data_seed=int(b.meta.get("data_seed", b.meta["seed"])), mask=mask,
-                    start_iter=start_iter, device=device)
-        rows.append({"mask": name, "test_acc": res.test_acc, "test_loss": res.test_loss,
-                     "train_acc": res.train_acc, "source": "trained here"})
-    rows.append({"mask": "own", "test_acc": own.metrics.get("test_acc"),
-                 "test_loss": own.metrics.get("test_loss"),
-                 "train_acc": own.metrics.get("train_acc"), "source": str(own.path)})
-    total = sum(m.numel() for m in ticket.mask.values())
-    density = sum(int(m.sum()) for m in ticket.mask.values()) / max(1, total)
-    overlap = {name: mask_overlap(masks[name], own.mask).overall.to_dict()
-               for name in ("permuted", "naive", "random")}
-    return TransferResult(ticket=str(a.path), to=str(b.path), level=int(level), align=align,
-                          density=density, rows=rows, overlap_with_own=overlap)
 
 
 def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None,
@@ -131,7 +79,7 @@ def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None,
             progress: bool = False) -> TransferResult:
     """Transfer run 0's ticket to run 1 at ``level`` (default: the sparsest level both have);
     cached in RUN_0/analyses/."""
-    from tickets.imp import open_run
+    from tickets.runs import open_run
     if len(run_dirs) < 2:
         raise UsageError("transfer needs two runs (seeds)")
     a, b = open_run(run_dirs[0]), open_run(run_dirs[1])

@@ -33,7 +33,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from tickets.data import load_dataset
-    from tickets.imp import load_level, run_imp
+    from tickets.imp import run_imp
+    from tickets.runs import load_level
     from tickets.models import build_model
     from tickets.train import default_config, train
 

@@ -9,6 +9,7 @@ import torch
 
 from tests.conftest import assert_user_error
 from tests.conftest import run_cli as _run_cli
+from tests.tiny_runs import make_run
 from tickets.models import build_model
 from tickets.store import save_checkpoint, versions
 
@@ -90,11 +91,9 @@ def test_bad_inputs(ckpt, tmp_path):
 @pytest.mark.slow
 def test_compute_per_level_is_cached_and_plots(tmp_path, mnist1d):
     from analyses.flatness import compute, plot
-    from tickets.imp import run_imp
     from tickets.train import default_config
     cfg = default_config("mlp", "mnist1d").replace(iters=30, epochs=None)
-    run_imp("mlp", mnist1d, cfg, levels=1, seed=0, out_dir=tmp_path / "run",
-            model_kwargs={"widths": [8]})
+    make_run(tmp_path / "run", mnist1d, seed=0, cfg=cfg, levels=1, fraction=None, widths=[8])
     res = compute([tmp_path / "run"], subset=100, trace_samples=6, sharpness_steps=2)
     assert [r["level"] for r in res.rows] == [0, 1]
     assert res.rows[1]["density"] < res.rows[0]["density"] == 1.0

@@ -18,8 +18,9 @@ from tests.conftest import ROOT, assert_user_error, run_cli
 from tickets import prune as P
 from tickets.data import DataSplits
 from tickets.errors import ConfigError, ModelError, RunError
-from tickets.imp import (LevelFiles, RunInfo, build_run_model, load_level, load_run_data,
-                         open_run, run_imp)
+from tickets.imp import run_imp
+from tickets.runs import (LevelFiles, RunInfo, build_run_model, load_level, load_run_data,
+                          open_run)
 from tickets.store import check_params, load_checkpoint, model_from_meta, save_checkpoint
 from tickets.train import TrainConfig
 
@@ -167,6 +168,26 @@ def test_resume_is_bit_identical_and_refusals(run_dir, tiny, tmp_path):
     res = _imp(tiny, out, levels=4)
     assert res.computed == ("ticket:4", "random_reinit:4", "random_prune:4")
     assert open_run(out).levels == (0, 1, 2, 3, 4)
+
+
+def test_imp_config_is_the_run_identity(run_dir, tiny, tmp_path):
+    import shutil
+    from dataclasses import replace
+    from tickets.imp import ImpConfig
+    meta = open_run(run_dir).meta
+    config = ImpConfig.from_dict(meta)
+    assert config.difference(meta) is None
+    assert {k: meta[k] for k in config.to_dict()} == config.to_dict()
+    assert replace(config, fraction=0.3).difference(meta) == "fraction"
+    assert replace(config, train_config=CFG.replace(lr=1.0)).difference(meta) == \
+        "train_config.lr"
+    assert replace(config, root="elsewhere").difference(meta) is None  # informative only
+    out = tmp_path / "again"
+    shutil.copytree(run_dir, out)
+    res = run_imp(config, tiny, levels=3, out_dir=out, control=["random_reinit"])
+    assert res.computed == () and "ticket:3" in res.resumed
+    with pytest.raises(ConfigError, match="seed"):
+        run_imp(config, tiny, levels=3, out_dir=out, seed=1)
 
 
 def test_bad_inputs_write_nothing(tiny, tmp_path):

@@ -10,42 +10,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import assert_user_error, run_cli
-
-_TINY = {"widths": [16, 8]}
-
-
-def _imp(out: Path, seed: int, *, optimizer="adam", rewind=0, levels=2,
-         controls=("random_reinit", "random_prune"), model="mlp", kwargs=_TINY):
-    from tickets.data import load_dataset
-    from tickets.imp import run_imp
-    from tickets.train import default_config
-    data = load_dataset("mnist1d")
-    cfg = default_config("mlp", "mnist1d").replace(iters=30, epochs=None)
-    if optimizer == "sgd":
-        cfg = cfg.replace(optimizer="sgd", lr=0.1, momentum=0.9)
-    run_imp(model, data, cfg, levels=levels, fraction=0.5, rewind_iter=rewind, seed=seed,
-            out_dir=out, control=list(controls), model_kwargs=kwargs)
-    return out
-
-
-def make_runs(root: Path) -> list[Path]:
-    """Two Adam seeds with both controls, SGD rewound to init and to iteration 5 (tiny MLP,
-    30 iterations a level: seconds)."""
-    import torch
-    root = Path(root)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny networks: one thread is fastest, and never oversubscribes
-    try:
-        return [_imp(root / "a0", 0), _imp(root / "a1", 1),
-                _imp(root / "sgd0", 0, optimizer="sgd", controls=("random_reinit",)),
-                _imp(root / "sgd5", 0, optimizer="sgd", rewind=5, controls=("random_reinit",))]
-    finally:
-        torch.set_num_threads(threads)
+from tests.tiny_runs import make_report_run, make_report_runs
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    return make_runs(tmp_path_factory.mktemp("runs"))
+    return make_report_runs(tmp_path_factory.mktemp("runs"))
 
 
 def _builtin(*names):
@@ -135,8 +105,9 @@ def test_composes_modules_and_lists_what_it_skipped(runs, tmp_path, monkeypatch)
 
 def test_missing_levels_and_mixed_models_are_reported(runs, tmp_path):
     from analyses.report import build_report
-    short = _imp(tmp_path / "short", 7, levels=0, controls=())
-    other = _imp(tmp_path / "other", 0, levels=1, controls=(), kwargs={"widths": [12]})
+    short = make_report_run(tmp_path / "short", 7, levels=0, controls=())
+    other = make_report_run(tmp_path / "other", 0, levels=1, controls=(),
+                            model_kwargs={"widths": [12]})
     res = build_report([*runs[:2], short, other], tmp_path / "out",
                        analyses=_builtin("sparsity", "permutation"))
     reasons = " | ".join(s["reason"] for s in res.results["skipped"])

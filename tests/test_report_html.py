@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_report import make_runs
+from tests.tiny_runs import make_report_runs
 
 # Marks every <img> with whether it decoded (naturalWidth > 0) once the page has loaded; the
 # DOM Chromium dumps then says which images are broken.
@@ -68,7 +68,7 @@ def check_report_renders(report: Path, tmp: Path) -> int:
 
 
 def test_report_renders_in_chromium(tmp_path):
-    runs = make_runs(tmp_path / "runs")
+    runs = make_report_runs(tmp_path / "runs")
     from analyses.report import build_report
     result = build_report(runs, tmp_path / "out", only=["sparsity", "optimizer", "permutation"])
     n = check_report_renders(result.html, tmp_path)

@@ -1,4 +1,5 @@
-"""Tiny artefacts shared by the connect, overlap, transfer and instability tests."""
+"""Tiny artefacts shared by the tests: data, checkpoints and IMP run directories, each written
+by the real writer of its format (:func:`tickets.imp.run_imp`, :func:`tickets.store.save_checkpoint`)."""
 
 from __future__ import annotations
 
@@ -37,11 +38,48 @@ def make_checkpoint(path: Path, data, *, model="mlp", seed=0, train=True, **kwar
     return path
 
 
-def make_run(out: Path, data, *, seed: int, widths=(16,), levels=2) -> Path:
+def make_run(out: Path, data, *, seed: int, cfg: TrainConfig = TINY_CFG, model: str = "mlp",
+             widths=(16,), model_kwargs: dict | None = None, levels: int = 2,
+             fraction: float | None = 0.5, rewind: int = 0, controls=()) -> Path:
+    """An IMP run directory (``model_kwargs`` default: an MLP of ``widths``; ``fraction``
+    None: the paper default)."""
     from tickets.imp import run_imp
-    run_imp("mlp", data, TINY_CFG, levels=levels, fraction=0.5, seed=seed, out_dir=out,
-            model_kwargs={"widths": list(widths)})
+    kwargs = {"widths": list(widths)} if model_kwargs is None else model_kwargs
+    run_imp(model, data, cfg, levels=levels, fraction=fraction, rewind_iter=rewind, seed=seed,
+            out_dir=out, control=list(controls), model_kwargs=kwargs)
     return out
+
+
+#: The report's runs: an MLP 40-16-8-10 on the full MNIST-1D, 30 iterations a level.
+REPORT_KWARGS = {"widths": [16, 8]}
+BOTH_CONTROLS = ("random_reinit", "random_prune")
+
+
+def make_report_run(out: Path, seed: int, *, optimizer="adam", rewind=0, levels=2,
+                    controls=BOTH_CONTROLS, model_kwargs=REPORT_KWARGS) -> Path:
+    from tickets.data import load_dataset
+    from tickets.train import default_config
+    cfg = default_config("mlp", "mnist1d").replace(iters=30, epochs=None)
+    if optimizer == "sgd":
+        cfg = cfg.replace(optimizer="sgd", lr=0.1, momentum=0.9)
+    return make_run(out, load_dataset("mnist1d"), seed=seed, cfg=cfg, model_kwargs=model_kwargs,
+                    levels=levels, rewind=rewind, controls=controls)
+
+
+def make_report_runs(root: Path) -> list[Path]:
+    """Two Adam seeds with both controls, SGD rewound to init and to iteration 5 (tiny MLP,
+    30 iterations a level: seconds)."""
+    import torch
+    root = Path(root)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny networks: one thread is fastest, and never oversubscribes
+    try:
+        return [make_report_run(root / "a0", 0), make_report_run(root / "a1", 1),
+                make_report_run(root / "sgd0", 0, optimizer="sgd", controls=("random_reinit",)),
+                make_report_run(root / "sgd5", 0, optimizer="sgd", rewind=5,
+                                controls=("random_reinit",))]
+    finally:
+        torch.set_num_threads(threads)
 
 
 def files_under(path: Path) -> set:

@@ -24,8 +24,6 @@ Besides these names, ``load_dataset`` takes the user's own data:
 from __future__ import annotations
 
 import gzip
-import hashlib
-import json
 import os
 import pickle
 import struct
@@ -38,6 +36,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from tickets.errors import DataError
+from tickets.store import cache_key
 
 __all__ = ["DataSplits", "load_dataset", "load_data_file", "load_data_factory", "dataset_names",
            "cache_dir"]
@@ -105,8 +104,7 @@ def _load_mnist1d(root, seed) -> DataSplits:
     # The canonical MNIST-1D (Greydanus 2020) is generated with seed 42; keep it so numbers
     # compare with the paper. The split is fixed by that generator, not by `seed`.
     key_fields = {k: v for k, v in sorted(vars(args).items()) if k != "url"}
-    key = hashlib.sha256(json.dumps(key_fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    path = cache_dir() / f"mnist1d-{key}.npz"
+    path = cache_dir() / f"mnist1d-{cache_key(key_fields)[:16]}.npz"
     arrays = None
     if path.exists():
         try:

@@ -27,6 +27,7 @@ import torch
 from tickets.data import DataSplits
 from tickets.errors import ConfigError
 from tickets.models import build_model
+from tickets.prune import check_mask, sparsity
 from tickets.train import TrainConfig, train
 
 __all__ = ["instability", "InstabilityResult"]
@@ -92,6 +93,20 @@ def _check(rewind_iters: Iterable[int], data_seeds, total: int) -> tuple[list[in
     return sorted(set(ks)), seeds
 
 
+def _parent(model, data: DataSplits, cfg: TrainConfig, ks: list[int], *, seed: int,
+            data_seed: int, device):
+    """The dense parent run holding ``theta_k`` for every ``k`` in ``ks`` (None if all are 0).
+
+    The parent only has to reach the last rewind point. Batch order and learning rate are
+    functions of the absolute iteration, so a run cut at max(ks) follows the full run's
+    trajectory exactly -- unless the schedule depends on the run length (cosine)."""
+    if max(ks) == 0:
+        return None
+    parent_cfg = cfg if cfg.schedule == "cosine" else cfg.replace(iters=max(ks), epochs=None)
+    return train(model, data, parent_cfg, seed=seed, data_seed=data_seed, checkpoints_at=ks,
+                 device=device)
+
+
 def instability(model_name: str, data: DataSplits, cfg: TrainConfig, *,
                 rewind_iters: Iterable[int] = (0,), seed: int, data_seeds=(1, 2),
                 mask: Mapping[str, torch.Tensor] | None = None,
@@ -121,24 +136,11 @@ def instability(model_name: str, data: DataSplits, cfg: TrainConfig, *,
                         seed=seed, **kwargs)
     density = 1.0
     if mask is not None:
-        named = dict(model.named_parameters())
-        for k, m in mask.items():
-            if k not in named:
-                raise ConfigError(f"mask key {k!r} is not a parameter of {model_name}")
-            if tuple(m.shape) != tuple(named[k].shape):
-                raise ConfigError(f"mask {k!r} has shape {tuple(m.shape)}, {model_name} has "
-                                  f"{tuple(named[k].shape)}")
-        kept = sum(int(m.sum()) for m in mask.values())
-        density = kept / max(1, sum(m.numel() for m in mask.values()))
+        checked = check_mask(dict(model.named_parameters()), mask, f"mask for {model_name}",
+                             error=ConfigError)
+        density = sparsity(checked).density
 
-    parent = None
-    if max(ks) > 0:
-        # The parent only has to reach the last rewind point. Batch order and learning rate
-        # are functions of the absolute iteration, so a run cut at max(ks) follows the full
-        # run's trajectory exactly -- unless the schedule depends on the run length (cosine).
-        parent_cfg = cfg if cfg.schedule == "cosine" else cfg.replace(iters=max(ks), epochs=None)
-        parent = train(model, data, parent_cfg, seed=seed, data_seed=parent_ds,
-                       checkpoints_at=ks, device=device)
+    parent = _parent(model, data, cfg, ks, seed=seed, data_seed=parent_ds, device=device)
     rows, paths = [], {}
     for k in ks:
         start = model.state_dict() if k == 0 else parent.checkpoints[k]

@@ -29,11 +29,11 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-from tickets.errors import ConfigError, ModelError
+from tickets.errors import ConfigError, ModelError, TicketsError
 
 __all__ = ["Mask", "Sparsity", "prunable", "full_mask", "magnitude_global",
            "magnitude_layerwise", "random", "random_mask", "prune", "sparsity", "apply_mask",
-           "check_mask", "prune_count", "STRATEGIES"]
+           "check_mask", "prune_count", "weight_name", "resolve_layer_fractions", "STRATEGIES"]
 
 Mask = dict[str, torch.Tensor]
 
@@ -43,8 +43,9 @@ STRATEGIES = ("global", "layerwise")
 _PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def _weight_name(name: str) -> str:
-    # "fc3" and "fc3.weight" both name the weight of layer fc3.
+def weight_name(name: str) -> str:
+    """The state-dict name of a layer's weight: ``"fc3"`` and ``"fc3.weight"`` both name
+    ``"fc3.weight"``."""
     return name if name.endswith(".weight") else f"{name}.weight"
 
 
@@ -57,7 +58,7 @@ def prunable(model: nn.Module, *, ignore: Iterable[str] = ()) -> list[str]:
     names = [f"{mod_name}.weight" if mod_name else "weight"
              for mod_name, mod in model.named_modules()
              if isinstance(mod, _PRUNABLE_TYPES) and getattr(mod, "weight", None) is not None]
-    ignored = {_weight_name(n) for n in ignore}
+    ignored = {weight_name(n) for n in ignore}
     unknown = sorted(ignored - set(names))
     if unknown:
         raise ConfigError(f"cannot ignore {unknown[0]!r}: not a prunable weight of the model "
@@ -71,33 +72,36 @@ def full_mask(params: Mapping[str, torch.Tensor], names: Iterable[str]) -> Mask:
 
 
 def check_mask(params: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor],
-               source: str = "mask", *, names: Iterable[str] | None = None) -> Mask:
+               source: str = "mask", *, names: Iterable[str] | None = None,
+               error: type[TicketsError] = ModelError) -> Mask:
     """Validate ``mask`` against ``params`` (a state_dict) and return it as CPU bool tensors.
 
     Every key must be a tensor of ``params`` with the same shape (and, when ``names`` is
-    given, one of those prunable names); values must be bool or 0/1. Raises
-    :class:`ModelError` naming the first key at fault.
+    given, one of those prunable names); values must be bool or 0/1. Raises ``error``
+    (:class:`ModelError`; :class:`ConfigError` where the mask is a training option) naming
+    ``source`` and the first key at fault.
     """
+    names = list(names) if names is not None else None
     allowed = set(names) if names is not None else None
     out: Mask = {}
     for k, m in mask.items():
         if k not in params:
-            raise ModelError(f"{source}: key {k!r} is not a parameter of the model")
+            raise error(f"{source}: key {k!r} is not a parameter of the model")
         if allowed is not None and k not in allowed:
-            raise ModelError(f"{source}: key {k!r} is not a prunable weight (prunable: "
-                             f"{', '.join(sorted(allowed))})")
+            raise error(f"{source}: key {k!r} is not a prunable weight (prunable: "
+                        f"{', '.join(sorted(allowed))})")
         if tuple(m.shape) != tuple(params[k].shape):
-            raise ModelError(f"{source}: key {k!r} has shape {tuple(m.shape)}, the model "
-                             f"expects {tuple(params[k].shape)}")
+            raise error(f"{source}: key {k!r} has shape {tuple(m.shape)}, the model "
+                        f"expects {tuple(params[k].shape)}")
         if m.dtype != torch.bool:
             if not bool(((m == 0) | (m == 1)).all()):
-                raise ModelError(f"{source}: key {k!r} has values other than 0 and 1")
+                raise error(f"{source}: key {k!r} has values other than 0 and 1")
             m = m != 0
         out[k] = m.detach().to("cpu")
     if allowed is not None:
         missing = [n for n in names if n not in out]
         if missing:
-            raise ModelError(f"{source}: no entry for prunable weight {missing[0]!r}")
+            raise error(f"{source}: no entry for prunable weight {missing[0]!r}")
     return out
 
 
@@ -109,15 +113,6 @@ def prune_count(fraction: float, remaining: int) -> int:
 def _check_fraction(fraction: float, what: str = "fraction") -> None:
     if not 0.0 < float(fraction) < 1.0:
         raise ConfigError(f"{what} must be in (0, 1), got {fraction}")
-
-
-def _check_magnitudes(params, mask) -> None:
-    for k, m in mask.items():
-        if k not in params:
-            raise ModelError(f"mask key {k!r} is not in the params")
-        if tuple(params[k].shape) != tuple(m.shape):
-            raise ModelError(f"mask {k!r} has shape {tuple(m.shape)}, params have "
-                             f"{tuple(params[k].shape)}")
 
 
 def _drop_smallest(scores: torch.Tensor, alive: torch.Tensor, k: int) -> torch.Tensor:
@@ -138,7 +133,7 @@ def magnitude_global(params: Mapping[str, torch.Tensor], mask: Mapping[str, torc
     ranked across all tensors of ``mask`` together (OpenLTH ``sparse_global``; Frankle et al.
     2019). Returns a new mask nested in ``mask``."""
     _check_fraction(fraction)
-    _check_magnitudes(params, mask)
+    mask = check_mask(params, mask)
     # Rank in name order so the result never depends on the dict order of the inputs.
     names = sorted(mask)
     if not names:
@@ -162,8 +157,8 @@ def magnitude_layerwise(params: Mapping[str, torch.Tensor], mask: Mapping[str, t
     survivors with smallest ``|w|`` (Frankle & Carbin 2019). ``f_l`` is
     ``layer_fractions[l]`` (layer or weight name) when given, else ``fraction``."""
     _check_fraction(fraction)
-    _check_magnitudes(params, mask)
-    rates = _resolve_layer_fractions(mask, fraction, layer_fractions)
+    mask = check_mask(params, mask)
+    rates = resolve_layer_fractions(mask, fraction, layer_fractions)
     out = {}
     for n, m in mask.items():
         alive = m.to("cpu").flatten()
@@ -173,12 +168,15 @@ def magnitude_layerwise(params: Mapping[str, torch.Tensor], mask: Mapping[str, t
     return out
 
 
-def _resolve_layer_fractions(names: Iterable[str], fraction: float,
-                             layer_fractions: Mapping[str, float] | None) -> dict[str, float]:
+def resolve_layer_fractions(names: Iterable[str], fraction: float,
+                            layer_fractions: Mapping[str, float] | None) -> dict[str, float]:
+    """Pruning rate of every weight in ``names``: ``layer_fractions[l]`` (layer or weight
+    name) where given, else ``fraction``. Raises :class:`ConfigError` for a rate outside
+    (0, 1) or a name not in ``names``."""
     names = list(names)
     rates = {n: float(fraction) for n in names}
     for key, f in (layer_fractions or {}).items():
-        w = _weight_name(key)
+        w = weight_name(key)
         if w not in rates:
             raise ConfigError(f"layer fraction for {key!r}: not a pruned weight (pruned: "
                               f"{', '.join(names)})")
@@ -248,7 +246,7 @@ class Sparsity:
         return 1.0 - self.density
 
     def layer_density(self, name: str) -> float:
-        r, t = self.per_layer[_weight_name(name) if name not in self.per_layer else name]
+        r, t = self.per_layer[weight_name(name) if name not in self.per_layer else name]
         return r / t if t else 1.0
 
     def __float__(self) -> float:
@@ -272,7 +270,7 @@ def apply_mask(params: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tens
                ) -> dict[str, torch.Tensor]:
     """A copy of ``params`` with pruned entries set to exactly 0 (unmasked keys unchanged).
     Raises :class:`ModelError` for a mask key missing from ``params`` or of another shape."""
-    _check_magnitudes(params, mask)
+    mask = check_mask(params, mask)
     out = dict(params)
     for k, m in mask.items():
         p = params[k]

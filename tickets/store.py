@@ -10,6 +10,7 @@ refused without running it.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -28,7 +29,7 @@ from tickets.errors import CheckpointError, ModelError
 __all__ = ["save_checkpoint", "save_params", "load_checkpoint", "atomic_write_bytes",
            "atomic_write_text",
            "save_json", "load_json", "check_params", "check_finite", "model_from_meta",
-           "versions"]
+           "versions", "cache_key"]
 
 
 def versions() -> dict[str, str]:
@@ -114,6 +115,12 @@ def dumps_json(obj: Any) -> str:
     """Strict JSON (NaN -> null) of results, dataclasses with ``to_dict`` and tensors."""
     plain = json.loads(json.dumps(obj, default=_json_default))
     return json.dumps(_finite_json(plain), indent=2, sort_keys=False, allow_nan=False) + "\n"
+
+
+def cache_key(key: Any) -> str:
+    """SHA-256 (hex) of the canonical JSON of ``key`` (sorted keys): names a cached result by
+    everything it depends on."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> None:

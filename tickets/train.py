@@ -33,6 +33,7 @@ from torch import nn
 
 from tickets.data import DataSplits
 from tickets.errors import ConfigError
+from tickets.prune import check_mask
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "default_config", "batch_order"]
 
@@ -229,6 +230,31 @@ def _make_optimizer(cfg: TrainConfig, params: list[torch.Tensor]) -> torch.optim
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
+def _checked_iters(start_iter: int, checkpoints_at: Iterable[int], total: int) -> list[int]:
+    """The sorted checkpoint iterations; ConfigError if they or ``start_iter`` leave the run."""
+    if not 0 <= start_iter <= total:
+        raise ConfigError(f"start iteration {start_iter} is outside the run (0..{total})")
+    wanted = sorted({int(k) for k in checkpoints_at})
+    bad = [k for k in wanted if not start_iter <= k <= total]
+    if bad:
+        raise ConfigError(f"checkpoint iteration {bad[0]} is outside {start_iter}..{total}")
+    return wanted
+
+
+def _apply_mask(named: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor] | None,
+                device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Zero the pruned entries of the model's parameters ``named`` in place and return the
+    (parameter, float mask) pairs to re-apply after every step; full masks cost nothing."""
+    if mask is None:
+        return []
+    masked = [(named[k], m.to(device=device, dtype=named[k].dtype))
+              for k, m in check_mask(named, mask, error=ConfigError).items() if not bool(m.all())]
+    with torch.no_grad():
+        for p, mf in masked:
+            p.mul_(mf)
+    return masked
+
+
 def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *, seed: int, data_seed: int,
           mask: Mapping[str, torch.Tensor] | None = None, start_iter: int = 0,
           checkpoints_at: Iterable[int] = (), callback: Callable[[dict], None] | None = None,
@@ -244,34 +270,14 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *, seed: int, da
     device = torch.device(device)
     n_train = len(data.train)
     total = cfg.total_iters(n_train)
-    if not 0 <= start_iter <= total:
-        raise ConfigError(f"start iteration {start_iter} is outside the run (0..{total})")
+    wanted = _checked_iters(start_iter, checkpoints_at, total)
     ipe = cfg.iters_per_epoch(n_train)
     eval_every = cfg.eval_every or ipe
-    wanted = sorted({int(k) for k in checkpoints_at})
-    bad = [k for k in wanted if not start_iter <= k <= total]
-    if bad:
-        raise ConfigError(f"checkpoint iteration {bad[0]} is outside {start_iter}..{total}")
 
     model = copy.deepcopy(model).to(device)
     model.train()
     named = dict(model.named_parameters())
-    masked: list[tuple[torch.Tensor, torch.Tensor]] = []
-    if mask is not None:
-        unknown = [k for k in mask if k not in named]
-        if unknown:
-            raise ConfigError(f"mask key {unknown[0]!r} is not a parameter of the model")
-        for k, m in mask.items():
-            if tuple(m.shape) != tuple(named[k].shape):
-                raise ConfigError(f"mask {k!r} has shape {tuple(m.shape)}, parameter has "
-                                  f"{tuple(named[k].shape)}")
-            if bool(m.all()):
-                continue  # a full mask costs nothing
-            mf = m.to(device=device, dtype=named[k].dtype)
-            masked.append((named[k], mf))
-        with torch.no_grad():
-            for p, mf in masked:
-                p.mul_(mf)
+    masked = _apply_mask(named, mask, device)
     mask_params = [p for p, _ in masked]
     mask_values = [mf for _, mf in masked]
 

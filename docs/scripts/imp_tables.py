@@ -3,7 +3,7 @@
 
 Runs the `gauge imp` commands below for seeds 0, 1, 2 (skipping runs already complete: the
 run directories resume), then prints the two markdown tables (mean +- std over seeds) built
-only from the run directories (tickets.imp.open_run / summary rows).
+only from the run directories (tickets.runs.open_run / summary rows).
 
     PYTHONPATH=. python docs/scripts/imp_tables.py --runs runs/imp_study [--jobs 2]
 
@@ -59,7 +59,7 @@ def run_one(cmd: list[str]) -> tuple[list[str], int, str]:
 
 def rows(runs: Path, study: str, control: str | None = None) -> list[dict[int, dict]]:
     """Per seed: level -> summary row, from the run directories."""
-    from tickets.imp import load_level, open_run
+    from tickets.runs import load_level, open_run
     out = []
     for seed in SEEDS:
         run = open_run(runs / f"{study}_s{seed}")
