@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from analyses.common import (UsageError, add_device_argument, add_json_argument, emit_json,
-                             ensure_output_path, resolve_device)
-from analyses.connect import (align_params, cache_file, example_input, level_stamp, read_cache,
-                              same_architecture, write_cache)
+from analyses.common import (NotApplicable, UsageError, add_output_arguments, check_outputs,
+                             emit_json, figure_stem, percent, resolve_device)
+from analyses.connect import cache_file, level_stamp, read_cache, write_cache
+from analyses.study import (align_seeds, example_input, open_runs, require_levels,
+                            same_architecture, sparsest_pruned_level)
 
 HELP = "move a ticket from one seed to another by permuting its mask (sparse re-basin)"
 CACHE_VERSION = 1
@@ -40,11 +41,7 @@ def add_arguments(parser) -> None:
                         help="how B is matched to A (default weight)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random-mask control and of weight matching")
-    parser.add_argument("--plot", default=None, metavar="FILE.png",
-                        help="bar chart of the four test accuracies (PNG + PDF)")
-    add_json_argument(parser)
-    add_device_argument(parser)
-    parser.add_argument("--quiet", action="store_true")
+    add_output_arguments(parser, plot="bar chart of the four test accuracies (PNG + PDF)")
 
 
 @dataclass(frozen=True)
@@ -70,60 +67,62 @@ class TransferResult:
                 "overlap_with_own": self.overlap_with_own}
 
 
-def transfer(run_a, run_b, level: int, *, align: str = "weight", seed: int = 0, device="cpu"
-             ) -> TransferResult:
-    """The computation behind ``gauge transfer`` (runs: paths or ``RunInfo``)."""
-    from gauge.overlap import mask_overlap
-    from gauge.spec import infer_spec
-    from gauge.symmetry import apply_permutation, invert
-    from tickets.imp import build_run_model, load_level, load_run_data, open_run
-    from tickets.prune import random_mask
-    from tickets.train import TrainConfig, train
-
-    a = run_a if hasattr(run_a, "meta") else open_run(run_a)
-    b = run_b if hasattr(run_b, "meta") else open_run(run_b)
+def _open_pair(run_a, run_b, level: int):
+    """The two runs, checked: different directories, one architecture and dataset, and the
+    levels the transfer reads (0 and ``level`` of both)."""
+    a, b = open_runs([run_a, run_b])
     if Path(a.path).resolve() == Path(b.path).resolve():
         raise UsageError("--ticket and --to are the same run directory")
     same_architecture([a.meta, b.meta], [str(a.path), str(b.path)])
     if a.meta.get("dataset") != b.meta.get("dataset"):
         raise UsageError(f"{a.path} was trained on {a.meta.get('dataset')}, {b.path} on "
                          f"{b.meta.get('dataset')}")
-    for run, lv in ((a, level), (a, 0), (b, 0), (b, level)):
-        if lv not in run.levels:
-            raise UsageError(f"{run.path}: level {lv} is not complete (completed: "
-                             f"{', '.join(map(str, run.levels)) or 'none'})")
-    ticket = load_level(a, level)
-    dense_a, dense_b, own = load_level(a, 0), load_level(b, 0), load_level(b, level)
-    if set(ticket.mask) != set(own.mask):
-        raise UsageError(f"the masks of {a.path} and {b.path} cover different weights")
-    model = build_run_model(b)
-    spec = infer_spec(model, example_input(b.meta))
-    data = load_run_data(b)
-    _, perm = align_params(model, spec, dense_a.final, dense_b.final, align, data, seed=seed,
-                           device=device)
-    # perm maps B onto A; its inverse carries A's mask into B's basis
-    masks = {"permuted": apply_permutation(spec, invert(perm), ticket.mask),
-             "naive": dict(ticket.mask),
-             "random": random_mask(ticket.mask, seed=seed, per_layer=True)}
-    cfg = TrainConfig.from_dict(b.meta["train_config"])
-    start_iter = int(b.meta.get("rewind_iter", 0))
-    model.load_state_dict(dense_b.init)  # theta_k of B (level 0 init holds the rewind point)
+    require_levels([a, b], [level, 0])
+    return a, b
+
+
+def _train_under(masks: dict, b, model, data, device) -> list[dict]:
+    """Test/train metrics of B's rewind weights trained under each mask with B's config, seed
+    and data order."""
+    from tickets import load_level
+    from tickets.train import train
+    start_iter = b.rewind_iter
+    model.load_state_dict(load_level(b, 0).init)  # theta_k of B (level 0 init: rewind point)
     rows = []
     for name, mask in masks.items():
-        res = train(model, data, cfg, seed=int(b.meta["seed"]),
+        res = train(model, data, b.config, seed=int(b.meta["seed"]),
                     data_seed=int(b.meta.get("data_seed", b.meta["seed"])), mask=mask,
                     start_iter=start_iter, device=device)
         rows.append({"mask": name, "test_acc": res.test_acc, "test_loss": res.test_loss,
                      "train_acc": res.train_acc, "source": "trained here"})
-    rows.append({"mask": "own", "test_acc": own.metrics.get("test_acc"),
-                 "test_loss": own.metrics.get("test_loss"),
-                 "train_acc": own.metrics.get("train_acc"), "source": str(own.path)})
-    total = sum(m.numel() for m in ticket.mask.values())
-    density = sum(int(m.sum()) for m in ticket.mask.values()) / max(1, total)
+    return rows
+
+
+def transfer(run_a, run_b, level: int, *, align: str = "weight", seed: int = 0, device="cpu"
+             ) -> TransferResult:
+    """The computation behind ``gauge transfer`` (runs: paths or ``RunInfo``)."""
+    from gauge import apply_permutation, infer_spec, invert, mask_overlap
+    from tickets import build_run_model, load_level, load_run_data, random_mask, sparsity
+
+    a, b = _open_pair(run_a, run_b, level)
+    ticket, own = load_level(a, level), load_level(b, level)
+    model = build_run_model(b)
+    spec = infer_spec(model, example_input(b.meta))
+    data = load_run_data(b)
+    perm = align_seeds(model, spec, a, b, align, data, seed=seed, device=device)
+    # perm maps B onto A; its inverse carries A's mask into B's basis
+    masks = {"permuted": apply_permutation(spec, invert(perm), ticket.mask),
+             "naive": dict(ticket.mask),
+             "random": random_mask(ticket.mask, seed=seed, per_layer=True)}
+    rows = _train_under(masks, b, model, data, device)
+    rows.append({"mask": "own", "test_acc": own.metrics["test_acc"],
+                 "test_loss": own.metrics["test_loss"],
+                 "train_acc": own.metrics["train_acc"], "source": str(own.path)})
     overlap = {name: mask_overlap(masks[name], own.mask).overall.to_dict()
                for name in ("permuted", "naive", "random")}
     return TransferResult(ticket=str(a.path), to=str(b.path), level=int(level), align=align,
-                          density=density, rows=rows, overlap_with_own=overlap)
+                          density=sparsity(ticket.mask).density, rows=rows,
+                          overlap_with_own=overlap)
 
 
 def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None,
@@ -131,18 +130,11 @@ def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None,
             progress: bool = False) -> TransferResult:
     """Transfer run 0's ticket to run 1 at ``level`` (default: the sparsest level both have);
     cached in RUN_0/analyses/."""
-    from tickets.imp import open_run
     if len(run_dirs) < 2:
-        raise UsageError("transfer needs two runs (seeds)")
-    a, b = open_run(run_dirs[0]), open_run(run_dirs[1])
+        raise NotApplicable("transfer needs two runs (seeds)")
+    a, b = open_runs(run_dirs[:2])
     if level is None:
-        common = sorted(set(a.levels) & set(b.levels))
-        if levels is not None:
-            common = [lv for lv in common if lv in set(levels)]
-        pruned = [lv for lv in common if lv > 0]
-        if not pruned:
-            raise UsageError("transfer needs a pruned level (>= 1) in both runs")
-        level = pruned[-1]
+        level = sparsest_pruned_level([a, b], levels, "transfer")
     key = {"v": CACHE_VERSION, "a": str(a.path.resolve()), "b": str(b.path.resolve()),
            "level": level, "align": align,
            "stamp": [level_stamp(a, level), level_stamp(b, level), level_stamp(b, 0)]}
@@ -153,6 +145,12 @@ def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None,
     res = transfer(a, b, level, align=align, device=device)
     write_cache(cpath, res.to_dict())
     return res
+
+
+def summary(result: TransferResult) -> list[tuple[str, str]]:
+    """Test accuracy of B's rewind weights under each mask."""
+    accs = ", ".join(f"{r['mask']} {100 * r['test_acc']:.1f}" for r in result.rows)
+    return [(f"test acc % by mask, {percent(result.density)}% weights", accs)]
 
 
 def plot(result: TransferResult, out_dir: Path, *, stem: str | Path | None = None) -> list[Path]:
@@ -173,16 +171,14 @@ def plot(result: TransferResult, out_dir: Path, *, stem: str | Path | None = Non
 
 
 def run(args) -> int:
-    plot_path = ensure_output_path(args.plot, "plot") if args.plot else None
-    if args.json not in (None, "-"):
-        ensure_output_path(args.json, "JSON")
+    plot_path = check_outputs(args)
     device = resolve_device(args.device)
     res = transfer(args.ticket, args.to, args.level, align=args.align, seed=args.seed,
                    device=device)
     out = res.to_dict()
     if plot_path is not None:
-        stem = plot_path.with_suffix("") if plot_path.suffix else plot_path
-        out["figures"] = [str(p) for p in plot(res, plot_path.parent, stem=stem)]
+        out["figures"] = [str(p) for p in plot(res, plot_path.parent,
+                                               stem=figure_stem(plot_path))]
     if args.json != "-" and not args.quiet:
         print(f"ticket {args.ticket} level {args.level} ({100 * res.density:.1f}% weights) -> "
               f"{args.to}:")
