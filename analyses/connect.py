@@ -150,7 +150,7 @@ def run(args) -> int:
     naive = linear_path(model, pa, pb, path_data, **kw)
     aligned = None
     if args.align:
-        from gauge.spec import infer_spec
+        from gauge import infer_spec
         spec = infer_spec(model, example_input(meta_a))
         pb_aligned, _ = align_params(model, spec, pa, pb, args.align, data, seed=args.seed,
                                      device=device)
@@ -299,8 +299,9 @@ def summary(result: ConnectResult) -> list[tuple[str, str]]:
             rs = [r for r in result.rows if r["level"] == lv]
             naive = _mean(r[f"naive_{kind}_barrier"] for r in rs)
             al = _mean(r[f"aligned_{kind}_barrier"] for r in rs)
-            out.append((f"{kind} barrier naive -> aligned, {percent(_mean(r['density'] for r in rs))}"
-                        f"% weights", f"{naive:.3f} -> {al:.3f}"))
+            density = percent(_mean(r["density"] for r in rs))
+            out.append((f"{kind} barrier naive -> aligned, {density}% weights",
+                        f"{naive:.3f} -> {al:.3f}"))
     return out
 
 

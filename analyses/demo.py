@@ -99,8 +99,8 @@ def _config(p: DemoPlan, run: DemoRun):
 
 def _imp_task(task: dict, on_level=None) -> str:
     """One IMP run of the demo (also the body of a worker process)."""
+    from tickets import run_imp
     from tickets.data import load_dataset
-    from tickets.imp import run_imp
     from tickets.train import TrainConfig
     data = load_dataset(task["dataset"])
     run_imp(task["model"], data, TrainConfig.from_dict(task["cfg"]), levels=task["levels"],

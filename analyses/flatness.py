@@ -17,6 +17,7 @@ al. 2019); --sharpness: worst- or average-case adaptive sharpness (Andriushchenk
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -109,11 +110,66 @@ def _subset(data, n):
     return x[:n], y[:n]
 
 
-def run(args) -> int:
+@contextmanager
+def _hvp_progress(args):
+    """A callback counting Hessian-vector products on a progress bar (none with --quiet)."""
+    if not progress_enabled(args):
+        yield lambda _n: None
+        return
+    from tqdm import tqdm
+    bar = tqdm(unit="HVP", desc="flatness", file=sys.stderr, leave=False)
+    try:
+        yield lambda _n: bar.update(1)
+    finally:
+        bar.close()
+
+
+def _landscape(args, model, params, xy, **kw):
     import numpy as np
 
-    from analyses.common import load_checkpoint_for_cli
+    from gauge import landscape_1d, landscape_2d
+    if args.landscape == "1d":
+        return landscape_1d(model, params, xy, alphas=np.linspace(-1, 1, args.steps or 41), **kw)
+    if args.landscape == "2d":
+        return landscape_2d(model, params, xy, alphas=np.linspace(-1, 1, args.steps or 21), **kw)
+    return None
+
+
+def _measure(args, model, params, xy, mask, device, tick) -> tuple[dict, Any, Any]:
+    """The measures the options ask for: ``(json entries, density, landscape)``."""
+    from gauge import hessian_eigenvalues, hessian_trace, sharpness, spectral_density
     from gauge import flatness as fl
+    kw = dict(mask=mask, device=device, seed=args.seed, batch_size=args.batch_size,
+              param_filter=fl.weights_only if args.weights_only else None,
+              gauge_fixed=args.gauge_fixed)
+    out: dict[str, Any] = {"loss": fl.loss_at(model, dict(params, **({} if mask is None else {
+        k: params[k] * mask[k] for k in mask})), xy, device=device)}
+    if args.top_k > 0:
+        out["eigenvalues"] = hessian_eigenvalues(
+            model, params, xy, k=args.top_k, which="both" if args.negative else "LA",
+            callback=tick, **kw).to_dict()
+    if args.trace:
+        out["trace"] = hessian_trace(model, params, xy, n_samples=args.trace_samples,
+                                     method="hutch++", callback=tick, **kw).to_dict()
+    density = None
+    if args.density:
+        density = spectral_density(model, params, xy, n_runs=args.density_runs,
+                                   lanczos_steps=args.lanczos_steps, callback=tick, **kw)
+        out["density"] = density.to_dict()
+    if args.sharpness:
+        res = sharpness(model, params, xy, rho=args.rho, kind=args.sharpness,
+                        adaptive=not args.no_adaptive, norm=args.norm, **kw)
+        out["sharpness"] = {"kind": args.sharpness, "rho": args.rho, "norm": args.norm,
+                            "adaptive": not args.no_adaptive,
+                            "value": res.to_dict() if hasattr(res, "to_dict") else res}
+    land = _landscape(args, model, params, xy, **kw)
+    if land is not None:
+        out["landscape"] = land.to_dict()
+    return out, density, land
+
+
+def run(args) -> int:
+    from analyses.common import load_checkpoint_for_cli
     from tickets.data import load_dataset
 
     _validate(args)
@@ -125,67 +181,19 @@ def run(args) -> int:
         raise UsageError(f"{args.checkpoint}: no dataset in the metadata; pass --data NAME")
     data = load_dataset(name, root=args.root, seed=meta.get("dataset_seed", 0))
     xy = _subset(data, args.subset)
-    common = dict(mask=mask, device=device, seed=args.seed, batch_size=args.batch_size,
-                  param_filter=fl.weights_only if args.weights_only else None)
-    gf = dict(gauge_fixed=args.gauge_fixed)
-
-    bar = None
-    if progress_enabled(args):
-        from tqdm import tqdm
-        bar = tqdm(unit="HVP", desc="flatness", file=sys.stderr, leave=False)
-
-    def tick(_n):
-        if bar is not None:
-            bar.update(1)
-
     out: dict[str, Any] = {"checkpoint": str(args.checkpoint), "dataset": name,
                            "n_data": int(len(xy[1])), "gauge_fixed": args.gauge_fixed,
                            "mask": args.mask, "device": str(device)}
-    try:
-        out["loss"] = fl.loss_at(model, dict(params, **({} if mask is None else {
-            k: params[k] * mask[k] for k in mask})), xy, device=device)
-        if args.top_k > 0:
-            which = "both" if args.negative else "LA"
-            res = fl.hessian_eigenvalues(model, params, xy, k=args.top_k, which=which,
-                                         callback=tick, **common, **gf)
-            out["eigenvalues"] = res.to_dict()
-        if args.trace:
-            res = fl.hessian_trace(model, params, xy, n_samples=args.trace_samples,
-                                   method="hutch++", callback=tick, **common, **gf)
-            out["trace"] = res.to_dict()
-        density = None
-        if args.density:
-            density = fl.spectral_density(model, params, xy, n_runs=args.density_runs,
-                                          lanczos_steps=args.lanczos_steps, callback=tick,
-                                          **common, **gf)
-            out["density"] = density.to_dict()
-        if args.sharpness:
-            common_s = {k: v for k, v in common.items()}
-            res = fl.sharpness(model, params, xy, rho=args.rho, kind=args.sharpness,
-                               adaptive=not args.no_adaptive, norm=args.norm, **common_s, **gf)
-            out["sharpness"] = {"kind": args.sharpness, "rho": args.rho, "norm": args.norm,
-                                "adaptive": not args.no_adaptive,
-                                "value": res.to_dict() if hasattr(res, "to_dict") else res}
-        land = None
-        if args.landscape == "1d":
-            n = args.steps or 41
-            land = fl.landscape_1d(model, params, xy, alphas=np.linspace(-1, 1, n), **common, **gf)
-        elif args.landscape == "2d":
-            n = args.steps or 21
-            land = fl.landscape_2d(model, params, xy, alphas=np.linspace(-1, 1, n), **common, **gf)
-        if land is not None:
-            out["landscape"] = land.to_dict()
-    finally:
-        if bar is not None:
-            bar.close()
-
-    figures = []
+    with _hvp_progress(args) as tick:
+        measures, density, land = _measure(args, model, params, xy, mask, device, tick)
+    out.update(measures)
     if args.plot is not None:
-        stem = Path(args.checkpoint).stem
+        folder, stem = Path(args.plot), Path(args.checkpoint).stem
+        figures = []
         if density is not None:
-            figures += _plot_density(density, Path(args.plot) / f"{stem}-density")
+            figures += _plot_density(density, folder / f"{stem}-density")
         if land is not None:
-            figures += _plot_landscape(land, Path(args.plot) / f"{stem}-landscape-{args.landscape}")
+            figures += _plot_landscape(land, folder / f"{stem}-landscape-{args.landscape}")
         out["figures"] = [str(p) for p in figures]
     if args.json != "-":
         print(_summary(out))
@@ -291,16 +299,16 @@ class FlatnessResult:
 
 
 def _level_row(run, level, control, model, xy, options, device) -> dict:
-    from gauge import flatness as fl
+    from gauge import hessian_eigenvalues, hessian_trace, sharpness
     from tickets import load_level
     files = load_level(run, level, control=control)
     params, mask = files.final, files.mask
     common = dict(mask=mask, device=device, seed=options["seed"])
-    eig = fl.hessian_eigenvalues(model, params, xy, k=1, gauge_fixed=True, **common)
-    tr = fl.hessian_trace(model, params, xy, n_samples=options["trace_samples"],
-                          method="hutch++", gauge_fixed=True, **common)
-    sharp = fl.sharpness(model, params, xy, rho=options["rho"], kind="worst", adaptive=True,
-                         steps=options["sharpness_steps"], **common)
+    eig = hessian_eigenvalues(model, params, xy, k=1, gauge_fixed=True, **common)
+    tr = hessian_trace(model, params, xy, n_samples=options["trace_samples"],
+                       method="hutch++", gauge_fixed=True, **common)
+    sharp = sharpness(model, params, xy, rho=options["rho"], kind="worst", adaptive=True,
+                      steps=options["sharpness_steps"], **common)
     return {"run": str(run.path), "level": int(level), "control": control,
             "density": files.metrics["density"], "test_acc": files.metrics["test_acc"],
             "top_eig_raw": float(eig.raw.values[-1]),

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from analyses.common import (NotApplicable, UsageError, add_plot_argument, add_json_argument,
+from analyses.common import (NotApplicable, UsageError, add_json_argument, add_plot_argument,
                              check_outputs, emit_json, figure_stem, resolve_device)
-from analyses.connect import cache_file, level_stamp, read_cache, write_cache, check_points
+from analyses.connect import cache_file, check_points, level_stamp, read_cache, write_cache
 from analyses.study import common_levels, open_runs
 from analyses.train import add_training_arguments, config_from_args, model_kwargs_from_args
 

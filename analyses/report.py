@@ -73,6 +73,9 @@ class Analysis:
         if missing:
             raise TypeError(f"report analysis {self.name!r}: {self.source!r} has no "
                             f"{', '.join(missing)}")
+        if self.scope not in ("primary", "all"):
+            raise ValueError(f"report analysis {self.name!r}: scope must be 'primary' or "
+                             f"'all', got {self.scope!r}")
 
     def compute(self, run_dirs, **options):
         return self.source.compute(run_dirs, **options)
