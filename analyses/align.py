@@ -14,6 +14,7 @@ from the checkpoint metadata, else --model.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from analyses.common import (UsageError, add_device_argument, add_json_argument, emit_json,
                              ensure_output_path, resolve_device)
@@ -53,22 +54,14 @@ def _l2(pa, pb) -> float:
                      for k in pa if pa[k].dtype.is_floating_point)) ** 0.5
 
 
-def run(args) -> int:
-    import torch
-
-    from gauge import align, function_distance, infer_spec
-    from gauge.errors import check_same_keys as check_pair
-    from tickets.store import check_params, load_checkpoint, model_from_meta, save_checkpoint
-
-    out = ensure_output_path(args.out, "checkpoint")
-    if args.method == "activation" and not args.data:
-        raise UsageError("--method activation needs --data NAME (the inputs to correlate on)")
-    if args.num_examples < 1 or args.batch_size < 1 or args.max_iter < 1 or args.restarts < 1:
-        raise UsageError("--num-examples, --batch-size, --max-iter and --restarts must be >= 1")
-    device = resolve_device(args.device)
+def _load(args):
+    """``(model, params_a, params_b, meta, meta_b, data)``: both checkpoints on one model
+    (``meta``: A's metadata, else B's); ``data`` is the ``--data`` dataset (None without it)."""
+    from gauge import check_same_keys
+    from tickets.store import check_params, load_checkpoint, model_from_meta
     params_a, meta_a = load_checkpoint(args.a)
     params_b, meta_b = load_checkpoint(args.b)
-    check_pair(params_a, params_b, names=(str(args.a), str(args.b)))
+    check_same_keys(params_a, params_b, names=(str(args.a), str(args.b)))
     meta = dict(meta_a or meta_b)
     data = None
     if args.data:
@@ -79,26 +72,58 @@ def run(args) -> int:
     model = model_from_meta(meta, str(args.a), model=args.model)
     check_params(model, params_a, str(args.a))
     check_params(model, params_b, str(args.b))
+    return model, params_a, params_b, meta, meta_b, data
+
+
+def _matcher_options(args, data, input_shape, device) -> tuple[Any, dict]:
+    """``(inputs, keyword arguments)`` of ``gauge.align`` for ``--method``."""
+    if args.method == "weight":
+        return None, {"seed": args.seed, "max_iter": args.max_iter, "restarts": args.restarts,
+                      "device": device}
+    x = data.train.tensors[0]
+    if tuple(x.shape[1:]) != input_shape:
+        raise UsageError(f"--data {args.data} has inputs of shape {tuple(x.shape[1:])}, the "
+                         f"model expects {input_shape}")
+    return x[: args.num_examples], {"batch_size": args.batch_size, "device": device}
+
+
+def _print(args, spec, result, summary: dict) -> None:
+    if args.show_spec:
+        print(spec.describe())
+    w = max(len(g) for g in spec.groups) if spec.groups else 5
+    print(f"{'group':<{w}}  {'size':>5}  {'unmoved':>7}")
+    for g in spec.groups:
+        print(f"{g:<{w}}  {spec.sizes[g]:>5}  {result.per_group[g]['fixed_points']:>7}")
+    what = "sum <W_A, P W_B>" if args.method == "weight" else "mean matched correlation"
+    print(f"objective ({what}): {result.objective_before:.6g} -> {result.objective_after:.6g}")
+    l2_before, l2_after = summary["l2_before"], summary["l2_after"]
+    print(f"L2 distance to A: {l2_before:.6g} -> {l2_after:.6g} "
+          f"({100 * (1 - l2_after / max(l2_before, 1e-30)):.1f}% lower)")
+    print(f"max |f_B - f_aligned| on 8 random inputs: {summary['function_distance']:.2e}; "
+          f"{args.method} matching took {result.time:.2f}s -> {summary['out']}")
+
+
+def run(args) -> int:
+    import torch
+
+    from gauge import align, function_distance, infer_spec
+    from tickets.store import save_checkpoint
+
+    out = ensure_output_path(args.out, "checkpoint")
+    if args.method == "activation" and not args.data:
+        raise UsageError("--method activation needs --data NAME (the inputs to correlate on)")
+    if args.num_examples < 1 or args.batch_size < 1 or args.max_iter < 1 or args.restarts < 1:
+        raise UsageError("--num-examples, --batch-size, --max-iter and --restarts must be >= 1")
+    device = resolve_device(args.device)
+    model, params_a, params_b, meta, meta_b, data = _load(args)
     input_shape = tuple(meta["input_shape"])
     spec = infer_spec(model, torch.zeros(2, *input_shape))
     model = model.to(device)
-    kw = {}
-    inputs = None
-    if args.method == "weight":
-        kw = {"seed": args.seed, "max_iter": args.max_iter, "restarts": args.restarts,
-              "device": device}
-    else:
-        x = data.train.tensors[0]
-        if tuple(x.shape[1:]) != input_shape:
-            raise UsageError(f"--data {args.data} has inputs of shape {tuple(x.shape[1:])}, the "
-                             f"model expects {input_shape}")
-        inputs = x[: args.num_examples]
-        kw = {"batch_size": args.batch_size, "device": device}
+    inputs, kw = _matcher_options(args, data, input_shape, device)
     aligned, result = align(model, spec, params_a, params_b, method=args.method,
                             inputs=inputs, **kw)
     probe = torch.randn((8, *input_shape), generator=torch.Generator().manual_seed(0))
     fdist = function_distance(model, params_b, aligned, probe, device=device)
-    l2_before, l2_after = _l2(params_a, params_b), _l2(params_a, aligned)
     out_meta = dict(meta_b or meta)
     out_meta["aligned_to"] = str(args.a)
     out_meta["alignment"] = {"method": args.method, "seed": args.seed, "source": str(args.b),
@@ -109,23 +134,12 @@ def run(args) -> int:
                "groups": {g: spec.sizes[g] for g in spec.groups},
                "objective_before": result.objective_before,
                "objective_after": result.objective_after,
-               "l2_before": l2_before, "l2_after": l2_after,
-               "function_distance": fdist, "iterations": result.iterations,
-               "time": result.time, "per_group": result.per_group}
+               "l2_before": _l2(params_a, params_b), "l2_after": _l2(params_a, aligned),
+               "function_distance": fdist,
+               "iterations": result.iterations, "time": result.time,
+               "per_group": result.per_group}
     if args.json != "-":
-        if args.show_spec:
-            print(spec.describe())
-        w = max(len(g) for g in spec.groups) if spec.groups else 5
-        print(f"{'group':<{w}}  {'size':>5}  {'unmoved':>7}")
-        for g in spec.groups:
-            print(f"{g:<{w}}  {spec.sizes[g]:>5}  {result.per_group[g]['fixed_points']:>7}")
-        what = "sum <W_A, P W_B>" if args.method == "weight" else "mean matched correlation"
-        print(f"objective ({what}): {result.objective_before:.6g} -> "
-              f"{result.objective_after:.6g}")
-        print(f"L2 distance to A: {l2_before:.6g} -> {l2_after:.6g} "
-              f"({100 * (1 - l2_after / max(l2_before, 1e-30)):.1f}% lower)")
-        print(f"max |f_B - f_aligned| on 8 random inputs: {fdist:.2e}; "
-              f"{args.method} matching took {result.time:.2f}s -> {out}")
+        _print(args, spec, result, summary)
     emit_json(args.json, summary)
     return 0
 

@@ -1,4 +1,5 @@
-"""Shared plumbing of the CLI: errors, devices, data/checkpoint loading, JSON output."""
+"""Shared plumbing of the CLI: errors, the shared arguments (``--json``, ``--device``,
+``--quiet``, ``--plot``), the one writable-output check, checkpoint loading, JSON output."""
 
 from __future__ import annotations
 
@@ -14,13 +15,21 @@ from gauge.errors import GaugeError
 from tickets.errors import TicketsError
 from tickets.store import dumps_json, save_json
 
-__all__ = ["UsageError", "USER_ERRORS", "resolve_device", "add_device_argument",
-           "add_json_argument", "emit_json", "ensure_output_path", "progress_enabled",
-           "load_checkpoint_for_cli", "OneLineParser"]
+__all__ = ["UsageError", "NotApplicable", "USER_ERRORS", "resolve_device",
+           "add_device_argument", "add_json_argument", "add_quiet_argument", "add_plot_argument",
+           "add_output_arguments", "emit_json", "ensure_output_path", "check_outputs",
+           "figure_stem", "progress_enabled", "load_checkpoint_for_cli", "OneLineParser",
+           "percent"]
 
 
 class UsageError(Exception):
     """A bad command-line input the parser cannot catch (files, combinations of options)."""
+
+
+class NotApplicable(UsageError):
+    """An analysis that does not apply to the runs it was given (one seed where it compares
+    seeds, no pruned level, ...). The message says why in a user's words; ``gauge report``
+    shows it next to the section and writes the others, a subcommand exits with it."""
 
 
 #: Exceptions that mean "the user gave bad input": one line on stderr and exit code 2.
@@ -57,6 +66,26 @@ def add_json_argument(parser: argparse.ArgumentParser) -> None:
                         help="also write the results as JSON to FILE ('-' for stdout)")
 
 
+def add_quiet_argument(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    parser.add_argument("--quiet", action="store_true",
+                        help=help or "no progress bars (results are still printed)")
+
+
+def add_plot_argument(parser: argparse.ArgumentParser, help: str,
+                      metavar: str = "FILE.png") -> None:
+    parser.add_argument("--plot", default=None, metavar=metavar, help=help)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, *, plot: str | None = None) -> None:
+    """``--plot`` (when ``plot`` gives its help), ``--json``, ``--device`` and ``--quiet``: the
+    output options every analysis of run directories or checkpoints takes."""
+    if plot is not None:
+        add_plot_argument(parser, plot)
+    add_json_argument(parser)
+    add_device_argument(parser)
+    add_quiet_argument(parser)
+
+
 def emit_json(target: str | None, obj: Any) -> None:
     """Write ``obj`` as JSON to ``target`` (a path, atomically, or '-' for stdout)."""
     if target is None:
@@ -68,15 +97,38 @@ def emit_json(target: str | None, obj: Any) -> None:
         save_json(target, obj)
 
 
-def ensure_output_path(path: str | os.PathLike, what: str = "output") -> Path:
-    """Check early that ``path`` can be written (its parent is not a file, it is not a dir)."""
+def ensure_output_path(path: str | os.PathLike, what: str = "output", *,
+                       directory: bool = False) -> Path:
+    """Check early, before any work, that ``path`` can be written: a file path must not be a
+    directory, a directory path (``directory=True``) must not be a file, and no parent may be
+    a file. Returns ``Path(path)``."""
     p = Path(path)
-    if p.is_dir():
+    if directory and p.exists() and not p.is_dir():
+        raise UsageError(f"{p}: {what} is a file, expected a directory")
+    if not directory and p.is_dir():
         raise UsageError(f"{p}: {what} path is a directory")
     for parent in p.parents:
         if parent.exists() and not parent.is_dir():
             raise UsageError(f"{p}: cannot write {what}: {parent} is a file")
     return p
+
+
+def check_outputs(args) -> Path | None:
+    """Check ``--json FILE`` and ``--plot FILE`` before any work; returns the plot path."""
+    if getattr(args, "json", None) not in (None, "-"):
+        ensure_output_path(args.json, "JSON")
+    plot = getattr(args, "plot", None)
+    return ensure_output_path(plot, "plot") if plot else None
+
+
+def figure_stem(path: Path) -> Path:
+    """``fig.png`` -> ``fig``: figures are written as ``stem.png`` and ``stem.pdf``."""
+    return path.with_suffix("") if path.suffix else path
+
+
+def percent(fraction: float | None) -> str:
+    """A fraction as a percentage with one decimal ("?" when unknown)."""
+    return "?" if fraction is None else f"{100 * fraction:.1f}"
 
 
 def progress_enabled(args) -> bool:

@@ -17,58 +17,22 @@ Example:
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
-from analyses.common import (UsageError, add_device_argument, add_json_argument, emit_json,
-                             ensure_output_path, load_checkpoint_for_cli, resolve_device)
-from tickets.runs import cache_file, level_stamp, read_cache, write_cache  # noqa: F401
+from analyses.common import (NotApplicable, UsageError, add_output_arguments, check_outputs,
+                             emit_json, figure_stem, load_checkpoint_for_cli, percent,
+                             resolve_device)
+from analyses.study import (align_params, align_seeds, common_levels, example_input, open_runs,
+                            require_levels, same_architecture)
+from tickets.runs import cache_file, level_stamp, read_cache, write_cache
 
 HELP = "linear mode connectivity: loss/error barrier along the path between two checkpoints"
 
 #: Bump to invalidate cached results of compute().
 CACHE_VERSION = 1
-
-
-# --------------------------------------------------------------------------------------------
-# helpers shared by connect / overlap / transfer / instability
-
-
-def same_architecture(metas: Sequence[dict], names: Sequence[str]) -> None:
-    """UsageError unless every meta names the same model, options, classes and input shape."""
-    def arch(m):
-        return (m.get("model"), json.dumps(m.get("model_kwargs") or {}, sort_keys=True),
-                m.get("num_classes"), tuple(m.get("input_shape") or ()))
-    first = arch(metas[0])
-    for m, n in zip(metas[1:], names[1:]):
-        if arch(m) != first:
-            raise UsageError(f"{n} is a {m.get('model')} {m.get('model_kwargs') or {}}, "
-                             f"{names[0]} a {metas[0].get('model')} "
-                             f"{metas[0].get('model_kwargs') or {}}: not the same architecture")
-
-
-def example_input(meta: dict):
-    import torch
-    return torch.zeros(2, *[int(d) for d in meta["input_shape"]])
-
-
-def align_params(model, spec, params_a, params_b, method: str, data=None, *, seed: int = 0,
-                 device="cpu"):
-    """B permuted into A's basis: ``(params_b_aligned, perm)`` (gauge.match.align)."""
-    from gauge.match import align
-    inputs = None
-    if method == "activation":
-        if data is None:
-            raise UsageError("--align activation needs training data")
-        inputs = data.train.tensors[0][:1000]
-        aligned, match = align(model, spec, params_a, params_b, method="activation",
-                               inputs=inputs)
-    else:
-        aligned, match = align(model, spec, params_a, params_b, method="weight", seed=seed)
-    return aligned, match.perm
 
 
 def check_points(points: int) -> int:
@@ -101,11 +65,7 @@ def add_arguments(parser) -> None:
                              "(default: the whole training set)")
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0, help="seed of weight matching")
-    parser.add_argument("--plot", default=None, metavar="FILE.png",
-                        help="figure of loss and error along the path(s) (PNG + PDF)")
-    add_json_argument(parser)
-    add_device_argument(parser)
-    parser.add_argument("--quiet", action="store_true")
+    add_output_arguments(parser, plot="figure of loss and error along the path(s) (PNG + PDF)")
 
 
 def _load_data(name: str, root, meta: dict, what: str):
@@ -135,9 +95,7 @@ def run(args) -> int:
         if Path(p).is_dir():
             raise UsageError(f"{p} is a directory; give a checkpoint file such as "
                              f"{Path(p) / 'level_00' / 'final.safetensors'}")
-    plot_path = ensure_output_path(args.plot, "plot") if args.plot else None
-    if args.json not in (None, "-"):
-        ensure_output_path(args.json, "JSON")
+    plot_path = check_outputs(args)
     device = resolve_device(args.device)
     model, pa, meta_a = load_checkpoint_for_cli(args.a)
     _, pb, meta_b = load_checkpoint_for_cli(args.b)
@@ -158,7 +116,7 @@ def run(args) -> int:
     naive = linear_path(model, pa, pb, path_data, **kw)
     aligned = None
     if args.align:
-        from gauge.infer import infer_spec
+        from gauge import infer_spec
         spec = infer_spec(model, example_input(meta_a))
         pb_aligned, _ = align_params(model, spec, pa, pb, args.align, data, seed=args.seed,
                                      device=device)
@@ -197,8 +155,7 @@ def plot_paths(naive, aligned, plot_path, *, title: str = "") -> list[Path]:
         ax.legend()
     if title:
         fig.suptitle(f"{title} (bn={naive.bn})", fontsize=9)
-    stem = Path(plot_path)
-    return save_figure(fig, stem.with_suffix("") if stem.suffix else stem)
+    return save_figure(fig, figure_stem(Path(plot_path)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,68 +193,87 @@ class ConnectResult:
                 "rows": self.rows, "paths": self.paths}
 
 
+def _paths(model, spec, data, a, b, level: int, perm, *, bn: str, points: int, device) -> dict:
+    """Naive and aligned paths between two seeds' final weights at one level."""
+    from gauge import apply_permutation, linear_path
+    from tickets import load_level
+    la, lb = load_level(a, level), load_level(b, level)
+    naive = linear_path(model, la.final, lb.final, data, n_points=points, bn=bn, device=device)
+    al = linear_path(model, la.final, apply_permutation(spec, perm(), lb.final), data,
+                     n_points=points, bn=bn, device=device)
+    return {"naive": naive.to_dict(), "aligned": al.to_dict(),
+            "density": float(la.metrics["density"])}
+
+
+def _row(pair: str, level: int, cached: Mapping) -> dict:
+    from gauge import PathResult
+    nv, al = PathResult.from_dict(cached["naive"]), PathResult.from_dict(cached["aligned"])
+    return {"pair": pair, "level": level, "density": cached["density"],
+            "naive_loss_barrier": nv.loss_barrier, "aligned_loss_barrier": al.loss_barrier,
+            "naive_error_barrier": nv.error_barrier, "aligned_error_barrier": al.error_barrier}
+
+
 def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None, bn: str = "reset",
             align: str = "weight", points: int = 11, max_pairs: int = 3, device="cpu",
             progress: bool = False) -> ConnectResult:
     """Naive and aligned barriers between the final weights of seeds ``(0, 1), (0, 2), ...``
     (at most ``max_pairs`` pairs) at every level in ``levels`` (default: the levels all runs
     have). Each (pair, level) is cached in ``RUN_A/analyses/connect-<key>.json``."""
-    from gauge.connect import PathResult, linear_path
-    from gauge.infer import infer_spec
-    from tickets.runs import build_run_model, load_level, load_run_data, open_run
+    from functools import cache, partial
+
+    from gauge import infer_spec
+    from tickets import build_run_model, load_run_data
 
     check_points(points)
-    runs = [open_run(p) for p in run_dirs]
+    runs = open_runs(run_dirs)
     if len(runs) < 2:
-        raise UsageError("connect needs at least two runs (seeds)")
+        raise NotApplicable("connect needs at least two runs (seeds)")
     same_architecture([r.meta for r in runs], [str(r.path) for r in runs])
-    common = sorted(set.intersection(*(set(r.levels) for r in runs)))
-    levels = common if levels is None else [int(l) for l in levels]
-    for r in runs:
-        missing = [l for l in levels if l not in r.levels]
-        if missing:
-            raise UsageError(f"{r.path}: level {missing[0]} is not complete (completed: "
-                             f"{', '.join(map(str, r.levels)) or 'none'})")
+    levels = common_levels(runs) if levels is None else [int(lv) for lv in levels]
+    require_levels(runs, levels)
     model = build_run_model(runs[0])
     spec = infer_spec(model, example_input(runs[0].meta))
     data = load_run_data(runs[0])
-    rows, paths, perms = [], {}, {}
-    pairs = [(0, j) for j in range(1, len(runs))][:max_pairs]
-    for i, j in pairs:
+    rows, paths = [], {}
+    for j in range(1, min(len(runs), max_pairs + 1)):
+        a, b = runs[0], runs[j]
+        perm = cache(partial(align_seeds, model, spec, a, b, align, data, device=device))
         for level in levels:
-            a, b = runs[i], runs[j]
             key = {"v": CACHE_VERSION, "a": str(a.path.resolve()), "b": str(b.path.resolve()),
                    "level": level, "bn": bn, "align": align, "points": points,
                    "stamp": [level_stamp(a, level), level_stamp(b, level)]}
             cpath = cache_file(a.path, "connect", key)
             cached = read_cache(cpath)
             if cached is None:
-                la, lb = load_level(a, level), load_level(b, level)
-                naive = linear_path(model, la.final, lb.final, data, n_points=points, bn=bn,
-                                    device=device)
-                # permutation found on the dense networks: a seed's units keep their identity
-                # across IMP levels (same init, same rewind point)
-                if (i, j) not in perms:
-                    d0a, d0b = load_level(a, 0).final, load_level(b, 0).final
-                    perms[(i, j)] = align_params(model, spec, d0a, d0b, align, data,
-                                                 device=device)[1]
-                perm = perms[(i, j)]
-                from gauge.symmetry import apply_permutation
-                lb_al = apply_permutation(spec, perm, lb.final)
-                al = linear_path(model, la.final, lb_al, data, n_points=points, bn=bn,
-                                 device=device)
-                cached = {"naive": naive.to_dict(), "aligned": al.to_dict(),
-                          "density": float(la.metrics.get("density", 1.0))}
+                cached = _paths(model, spec, data, a, b, level, perm, bn=bn, points=points,
+                                device=device)
                 write_cache(cpath, cached)
-            nv, al = PathResult.from_dict(cached["naive"]), PathResult.from_dict(cached["aligned"])
-            rows.append({"pair": f"{i}-{j}", "level": level, "density": cached["density"],
-                         "naive_loss_barrier": nv.loss_barrier,
-                         "aligned_loss_barrier": al.loss_barrier,
-                         "naive_error_barrier": nv.error_barrier,
-                         "aligned_error_barrier": al.error_barrier})
-            paths[f"{i}-{j}/{level}"] = cached
+            rows.append(_row(f"0-{j}", level, cached))
+            paths[f"0-{j}/{level}"] = cached
     return ConnectResult(runs=[str(r.path) for r in runs], bn=bn, align=align, points=points,
                          rows=rows, paths=paths)
+
+
+def summary(result: ConnectResult) -> list[tuple[str, str]]:
+    """Loss and error barrier, naive -> aligned, at the densest and the sparsest level (mean
+    over pairs)."""
+    out = []
+    levels = sorted({r["level"] for r in result.rows})
+    ends = levels[:1] + levels[-1:] if len(levels) > 1 else levels
+    for kind in ("loss", "error"):
+        for lv in ends:
+            rs = [r for r in result.rows if r["level"] == lv]
+            naive = _mean(r[f"naive_{kind}_barrier"] for r in rs)
+            al = _mean(r[f"aligned_{kind}_barrier"] for r in rs)
+            density = percent(_mean(r["density"] for r in rs))
+            out.append((f"{kind} barrier naive -> aligned, {density}% weights",
+                        f"{naive:.3f} -> {al:.3f}"))
+    return out
+
+
+def _mean(values) -> float:
+    values = [float(v) for v in values]
+    return sum(values) / len(values)
 
 
 def plot(result: ConnectResult, out_dir: Path) -> list[Path]:

@@ -26,10 +26,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from analyses.common import (UsageError, add_json_argument, emit_json, progress_enabled,
+from analyses.common import (UsageError, emit_json, ensure_output_path, progress_enabled,
                              resolve_device)
-from analyses.report import (add_report_arguments, build_report, check_analysis_names,
-                             print_summary, set_threads)
+from analyses.report import (add_report_arguments, build_report, check_analysis_names, log_for,
+                             print_summary)
 
 HELP = "run the whole study on embedded MNIST-1D and write a report"
 
@@ -99,8 +99,8 @@ def _config(p: DemoPlan, run: DemoRun):
 
 def _imp_task(task: dict, on_level=None) -> str:
     """One IMP run of the demo (also the body of a worker process)."""
+    from tickets import run_imp
     from tickets.data import load_dataset
-    from tickets.imp import run_imp
     from tickets.train import TrainConfig
     data = load_dataset(task["dataset"])
     run_imp(task["model"], data, TrainConfig.from_dict(task["cfg"]), levels=task["levels"],
@@ -112,7 +112,9 @@ def _imp_task(task: dict, on_level=None) -> str:
 
 def _worker(task: dict) -> str:
     import torch
-    torch.set_num_threads(1)  # one core per process: the small MLP gains nothing from more
+    # a spawned worker does not run cli.main: one core per process, the small MLP gains
+    # nothing from more
+    torch.set_num_threads(1)
     return _imp_task(task)
 
 
@@ -153,12 +155,7 @@ def run_demo(out: str | Path, *, quick: bool = False, device="cpu", progress: bo
     from tickets.data import load_dataset
     from tickets.store import save_json, versions
 
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: --out is a file, expected a directory")
-    for parent in out.parents:
-        if parent.exists() and not parent.is_dir():
-            raise UsageError(f"{out}: cannot write the demo: {parent} is a file")
+    out = ensure_output_path(out, "--out", directory=True)
     check_analysis_names(list(only or []) + list(skip or []))
     log = log or (lambda msg: None)
     p = plan(quick)
@@ -214,23 +211,20 @@ def add_arguments(parser) -> None:
                              "machine has 2 or more cores, else 1)")
     add_report_arguments(parser, quick_help="small version for CI and a first look: fewer "
                          "epochs and levels, cheaper analyses (about a minute on 2 cores)")
-    add_json_argument(parser)
 
 
 def run(args) -> int:
-    set_threads(args.threads)
     device = resolve_device(args.device)
     t0 = time.perf_counter()
-    verbose = not args.quiet and args.json != "-"
-    log = (lambda m: print(m, file=sys.stderr)) if verbose else None
+    log = log_for(args)
     jobs = args.jobs if args.jobs is not None else min(2, os.cpu_count() or 1)
     if jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {jobs}")
     report, timings = run_demo(args.out, quick=args.quick, device=device,
                                progress=progress_enabled(args), log=log, only=args.only,
                                skip=args.skip, jobs=jobs)
-    if verbose:
-        print_summary(report.results)
+    if log is not None:
+        print_summary(report.summary)
         print(f"demo: IMP {timings['imp_s']:.0f}s, analyses {timings['analyses_s']:.0f}s, total "
               f"{time.perf_counter() - t0:.0f}s; open {report.html}")
     emit_json(args.json, report.results)

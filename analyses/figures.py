@@ -1,7 +1,8 @@
 """One figure style for every analysis: colour-blind safe palette, labelled axes, PNG + PDF.
 
 The palette is Okabe & Ito's (2008) eight colours, safe for the common colour-vision
-deficiencies. ``save_figure`` writes both formats atomically.
+deficiencies. ``save_figure`` writes both formats atomically. The backend is chosen once, by
+``analyses.cli.main`` (Agg unless MPLBACKEND says otherwise).
 """
 
 from __future__ import annotations
@@ -11,11 +12,9 @@ import os
 from pathlib import Path
 
 import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
-import matplotlib.pyplot as plt  # noqa: E402
-
-from tickets.store import atomic_write_bytes  # noqa: E402
+from tickets.store import atomic_write_bytes
 
 __all__ = ["PALETTE", "COLORS", "style", "new_figure", "save_figure", "weights_remaining_axis"]
 

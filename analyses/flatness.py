@@ -16,15 +16,16 @@ al. 2019); --sharpness: worst- or average-case adaptive sharpness (Andriushchenk
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from analyses.common import (UsageError, add_device_argument, add_json_argument, emit_json,
-                             ensure_output_path, progress_enabled, resolve_device)
+from analyses.common import (UsageError, add_device_argument, add_json_argument,
+                             add_plot_argument, add_quiet_argument, emit_json, ensure_output_path,
+                             percent, progress_enabled, resolve_device)
+from tickets.runs import cache_file, read_cache, write_cache
 
 HELP = "Hessian spectrum, trace, sharpness and landscapes, raw and gauge-fixed"
 
@@ -67,10 +68,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--gauge-fixed", action="store_true",
                         help="also measure at canonicalize_scale(params) and report both")
     parser.add_argument("--seed", type=int, default=0, help="seed of probes and directions")
-    parser.add_argument("--plot", default=None, metavar="DIR",
-                        help="write figures (density, landscape) as PNG+PDF into DIR")
+    add_plot_argument(parser, "write figures (density, landscape) as PNG+PDF into DIR",
+                      metavar="DIR")
     add_device_argument(parser)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet_argument(parser, "no progress bar")
     add_json_argument(parser)
 
 
@@ -101,12 +102,7 @@ def _validate(args) -> None:
     if args.json not in (None, "-"):
         ensure_output_path(args.json, "--json")
     if args.plot is not None:
-        p = Path(args.plot)
-        if p.exists() and not p.is_dir():
-            raise UsageError(f"--plot {p}: is a file, expected a directory")
-        for parent in p.parents:
-            if parent.exists() and not parent.is_dir():
-                raise UsageError(f"--plot {p}: cannot write figures: {parent} is a file")
+        ensure_output_path(args.plot, "--plot", directory=True)
 
 
 def _subset(data, n):
@@ -114,11 +110,67 @@ def _subset(data, n):
     return x[:n], y[:n]
 
 
-def run(args) -> int:
+@contextmanager
+def _hvp_progress(args):
+    """A callback counting Hessian-vector products on a progress bar (none with --quiet)."""
+    if not progress_enabled(args):
+        yield lambda _n: None
+        return
+    from tqdm import tqdm
+    bar = tqdm(unit="HVP", desc="flatness", file=sys.stderr, leave=False)
+    try:
+        yield lambda _n: bar.update(1)
+    finally:
+        bar.close()
+
+
+def _landscape(args, model, params, xy, **kw):
     import numpy as np
 
+    from gauge import landscape_1d, landscape_2d
+    if args.landscape == "1d":
+        return landscape_1d(model, params, xy, alphas=np.linspace(-1, 1, args.steps or 41), **kw)
+    if args.landscape == "2d":
+        return landscape_2d(model, params, xy, alphas=np.linspace(-1, 1, args.steps or 21), **kw)
+    return None
+
+
+def _measure(args, model, params, xy, mask, device, tick) -> tuple[dict, Any, Any]:
+    """The measures the options ask for: ``(json entries, density, landscape)``."""
+    from gauge import (SharpnessResult, hessian_eigenvalues, hessian_trace, loss_at, sharpness,
+                       spectral_density, weights_only)
+    kw = dict(mask=mask, device=device, seed=args.seed, batch_size=args.batch_size,
+              param_filter=weights_only if args.weights_only else None,
+              gauge_fixed=args.gauge_fixed)
+    out: dict[str, Any] = {"loss": loss_at(model, dict(params, **({} if mask is None else {
+        k: params[k] * mask[k] for k in mask})), xy, device=device)}
+    if args.top_k > 0:
+        out["eigenvalues"] = hessian_eigenvalues(
+            model, params, xy, k=args.top_k, which="both" if args.negative else "LA",
+            callback=tick, **kw).to_dict()
+    if args.trace:
+        out["trace"] = hessian_trace(model, params, xy, n_samples=args.trace_samples,
+                                     method="hutch++", callback=tick, **kw).to_dict()
+    density = None
+    if args.density:
+        density = spectral_density(model, params, xy, n_runs=args.density_runs,
+                                   lanczos_steps=args.lanczos_steps, callback=tick, **kw)
+        out["density"] = density.to_dict()
+    if args.sharpness:
+        res = sharpness(model, params, xy, rho=args.rho, kind=args.sharpness,
+                        adaptive=not args.no_adaptive, norm=args.norm, **kw)
+        out["sharpness"] = {"kind": args.sharpness, "rho": args.rho, "norm": args.norm,
+                            "adaptive": not args.no_adaptive,
+                            "value": res.value if isinstance(res, SharpnessResult) else
+                            {"raw": res.raw.value, "gauge_fixed": res.gauge_fixed.value}}
+    land = _landscape(args, model, params, xy, **kw)
+    if land is not None:
+        out["landscape"] = land.to_dict()
+    return out, density, land
+
+
+def run(args) -> int:
     from analyses.common import load_checkpoint_for_cli
-    import gauge as fl
     from tickets.data import load_dataset
 
     _validate(args)
@@ -130,68 +182,19 @@ def run(args) -> int:
         raise UsageError(f"{args.checkpoint}: no dataset in the metadata; pass --data NAME")
     data = load_dataset(name, root=args.root, seed=meta.get("dataset_seed", 0))
     xy = _subset(data, args.subset)
-    common = dict(mask=mask, device=device, seed=args.seed, batch_size=args.batch_size,
-                  param_filter=fl.weights_only if args.weights_only else None)
-    gf = dict(gauge_fixed=args.gauge_fixed)
-
-    bar = None
-    if progress_enabled(args):
-        from tqdm import tqdm
-        bar = tqdm(unit="HVP", desc="flatness", file=sys.stderr, leave=False)
-
-    def tick(_n):
-        if bar is not None:
-            bar.update(1)
-
     out: dict[str, Any] = {"checkpoint": str(args.checkpoint), "dataset": name,
                            "n_data": int(len(xy[1])), "gauge_fixed": args.gauge_fixed,
                            "mask": args.mask, "device": str(device)}
-    try:
-        out["loss"] = fl.loss_at(model, dict(params, **({} if mask is None else {
-            k: params[k] * mask[k] for k in mask})), xy, device=device)
-        if args.top_k > 0:
-            which = "both" if args.negative else "LA"
-            res = fl.hessian_eigenvalues(model, params, xy, k=args.top_k, which=which,
-                                         callback=tick, **common, **gf)
-            out["eigenvalues"] = res.to_dict()
-        if args.trace:
-            res = fl.hessian_trace(model, params, xy, n_samples=args.trace_samples,
-                                   method="hutch++", callback=tick, **common, **gf)
-            out["trace"] = res.to_dict()
-        density = None
-        if args.density:
-            density = fl.spectral_density(model, params, xy, n_runs=args.density_runs,
-                                          lanczos_steps=args.lanczos_steps, callback=tick,
-                                          **common, **gf)
-            out["density"] = density.to_dict()
-        if args.sharpness:
-            common_s = {k: v for k, v in common.items()}
-            res = fl.sharpness(model, params, xy, rho=args.rho, kind=args.sharpness,
-                               adaptive=not args.no_adaptive, norm=args.norm, **common_s, **gf)
-            out["sharpness"] = {"kind": args.sharpness, "rho": args.rho, "norm": args.norm,
-                                "adaptive": not args.no_adaptive,
-                                "value": res.value if isinstance(res, fl.SharpnessResult) else
-                                {"raw": res.raw.value, "gauge_fixed": res.gauge_fixed.value}}
-        land = None
-        if args.landscape == "1d":
-            n = args.steps or 41
-            land = fl.landscape_1d(model, params, xy, alphas=np.linspace(-1, 1, n), **common, **gf)
-        elif args.landscape == "2d":
-            n = args.steps or 21
-            land = fl.landscape_2d(model, params, xy, alphas=np.linspace(-1, 1, n), **common, **gf)
-        if land is not None:
-            out["landscape"] = land.to_dict()
-    finally:
-        if bar is not None:
-            bar.close()
-
-    figures = []
+    with _hvp_progress(args) as tick:
+        measures, density, land = _measure(args, model, params, xy, mask, device, tick)
+    out.update(measures)
     if args.plot is not None:
-        stem = Path(args.checkpoint).stem
+        folder, stem = Path(args.plot), Path(args.checkpoint).stem
+        figures = []
         if density is not None:
-            figures += _plot_density(density, Path(args.plot) / f"{stem}-density")
+            figures += _plot_density(density, folder / f"{stem}-density")
         if land is not None:
-            figures += _plot_landscape(land, Path(args.plot) / f"{stem}-landscape-{args.landscape}")
+            figures += _plot_landscape(land, folder / f"{stem}-landscape-{args.landscape}")
         out["figures"] = [str(p) for p in figures]
     if args.json != "-":
         print(_summary(out))
@@ -296,39 +299,32 @@ class FlatnessResult:
         return [{k: r.get(k) for k in keys} for r in self.rows]
 
 
-def _options_key(options: dict) -> str:
-    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
-
-
 def _level_row(run, level, control, model, xy, options, device) -> dict:
-    import gauge as fl
-    from tickets.runs import load_level
+    from gauge import hessian_eigenvalues, hessian_trace, sharpness
+    from tickets import load_level
     files = load_level(run, level, control=control)
     params, mask = files.final, files.mask
     common = dict(mask=mask, device=device, seed=options["seed"])
-    eig = fl.hessian_eigenvalues(model, params, xy, k=1, gauge_fixed=True, **common)
-    tr = fl.hessian_trace(model, params, xy, n_samples=options["trace_samples"],
-                          method="hutch++", gauge_fixed=True, **common)
-    sharp = fl.sharpness(model, params, xy, rho=options["rho"], kind="worst", adaptive=True,
-                         steps=options["sharpness_steps"], **common).value
-    total = sum(int(m.numel()) for m in mask.values())
-    kept = sum(int(m.sum()) for m in mask.values())
+    eig = hessian_eigenvalues(model, params, xy, k=1, gauge_fixed=True, **common)
+    tr = hessian_trace(model, params, xy, n_samples=options["trace_samples"],
+                       method="hutch++", gauge_fixed=True, **common)
+    sharp = sharpness(model, params, xy, rho=options["rho"], kind="worst", adaptive=True,
+                      steps=options["sharpness_steps"], **common)
     return {"run": str(run.path), "level": int(level), "control": control,
-            "density": files.metrics.get("density", kept / max(total, 1)),
-            "test_acc": files.metrics.get("test_acc"),
+            "density": files.metrics["density"], "test_acc": files.metrics["test_acc"],
             "top_eig_raw": float(eig.raw.values[-1]),
             "top_eig_gauge_fixed": float(eig.gauge_fixed.values[-1]),
             "trace_raw": tr.raw.estimate, "trace_raw_stderr": tr.raw.stderr,
             "trace_gauge_fixed": tr.gauge_fixed.estimate,
             "trace_gauge_fixed_stderr": tr.gauge_fixed.stderr,
-            "sharpness_adaptive": sharp,
+            "sharpness_adaptive": sharp.value,
             "n_hvp": eig.raw.n_hvp + eig.gauge_fixed.n_hvp + tr.raw.n_hvp + tr.gauge_fixed.n_hvp}
 
 
 def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None,
             controls: bool = False, subset: int = 1000, rho: float = 0.1,
             sharpness_steps: int = 10, trace_samples: int = 30, seed: int = 0, device=None,
-            progress: bool = False, **_ignored) -> FlatnessResult:
+            progress: bool = False) -> FlatnessResult:
     """Per IMP level (ticket; with ``controls`` also each control) of each run: top Hessian
     eigenvalue raw and gauge-fixed, Hutch++ trace raw and gauge-fixed (``trace_samples``
     HVPs), adaptive worst-case l2 sharpness at radius ``rho`` (rescaling invariant by itself),
@@ -337,43 +333,60 @@ def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None,
     call only reads JSON."""
     import torch
 
-    from tickets.runs import build_run_model, load_run_data, open_run
-    from tickets.store import load_json, save_json
+    from analyses.study import open_runs
     if not rho > 0:
         raise UsageError(f"rho must be > 0, got {rho}")
     device = torch.device(device) if device is not None else torch.device("cpu")
     options = {"subset": int(subset), "rho": float(rho), "sharpness_steps": int(sharpness_steps),
                "trace_samples": int(trace_samples), "seed": int(seed), "version": 1}
-    key = _options_key(options)
     rows = []
-    for run_dir in run_dirs:
-        run = open_run(run_dir)
-        cache_path = Path(run.path) / "analyses" / f"flatness-{key}.json"
-        cache = {}
-        if cache_path.is_file():
-            try:
-                cache = load_json(cache_path).get("rows", {})
-            except Exception:  # noqa: BLE001 - a corrupt cache is recomputed
-                cache = {}
+    for run in open_runs(run_dirs):
         todo = [(lv, None) for lv in run.levels if levels is None or lv in levels]
         if controls:
             todo += [(lv, c) for c, lvs in run.controls.items() for lv in lvs
                      if levels is None or lv in levels]
-        model = data = None
-        changed = False
-        for lv, control in todo:
-            ck = f"{control or 'ticket'}/{lv}"
-            if ck not in cache:
-                if model is None:
-                    model = build_run_model(run)
-                    data = load_run_data(run)
-                    xy = _subset(data, subset)
-                cache[ck] = _level_row(run, lv, control, model, xy, options, device)
-                changed = True
-            rows.append(cache[ck])
-        if changed:
-            save_json(cache_path, {"options": options, "rows": cache})
+        rows += _run_rows(run, todo, options, device)
     return FlatnessResult(rows=tuple(rows), options=options)
+
+
+def _run_rows(run, todo, options: dict, device) -> list[dict]:
+    """The rows of one run's (level, control) pairs, read from its cache or computed (and the
+    cache rewritten)."""
+    from tickets import build_run_model, load_run_data
+    cache_path = cache_file(run.path, "flatness", options)
+    cache = (read_cache(cache_path) or {}).get("rows", {})
+    xy = model = None
+    rows, changed = [], False
+    for lv, control in todo:
+        ck = f"{control or 'ticket'}/{lv}"
+        if ck not in cache:
+            if model is None:
+                model = build_run_model(run)
+                xy = _subset(load_run_data(run), options["subset"])
+            cache[ck] = _level_row(run, lv, control, model, xy, options, device)
+            changed = True
+        rows.append(cache[ck])
+    if changed:
+        write_cache(cache_path, {"options": options, "rows": cache})
+    return rows
+
+
+def summary(result: FlatnessResult) -> list[tuple[str, str]]:
+    """Top eigenvalue raw / gauge-fixed and adaptive sharpness at the densest and sparsest
+    level (mean over runs)."""
+    rows = [r for r in result.rows if r["control"] is None]
+    levels = sorted({r["level"] for r in rows})
+    out = []
+    for lv in levels[:1] + levels[-1:] if len(levels) > 1 else levels:
+        at = [r for r in rows if r["level"] == lv]
+
+        def mean(key):
+            return sum(float(r[key]) for r in at) / len(at)
+        dens = percent(mean("density"))
+        out.append((f"top eigenvalue raw / gauge-fixed, {dens}% weights",
+                    f"{mean('top_eig_raw'):.3g} / {mean('top_eig_gauge_fixed'):.3g}"))
+        out.append((f"adaptive sharpness, {dens}% weights", f"{mean('sharpness_adaptive'):.3g}"))
+    return out
 
 
 def plot(result: FlatnessResult, out_dir: Path) -> list[Path]:

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from analyses.common import (UsageError, add_json_argument, emit_json, ensure_output_path,
-                             resolve_device)
-from analyses.connect import cache_file, level_stamp, read_cache, write_cache
+from analyses.common import (NotApplicable, UsageError, add_json_argument, add_plot_argument,
+                             check_outputs, emit_json, figure_stem, resolve_device)
+from analyses.connect import check_points
+from tickets.runs import cache_file, level_stamp, read_cache, write_cache
+from analyses.study import common_levels, open_runs
 from analyses.train import add_training_arguments, config_from_args, model_kwargs_from_args
 
 HELP = ("instability analysis: barrier between two copies trained from iteration k with "
@@ -42,8 +44,7 @@ def add_arguments(parser) -> None:
                    help="mask (safetensors of bool tensors keyed by weight name)")
     g.add_argument("--bn", choices=["reset", "none", "repair"], default="reset")
     g.add_argument("--points", type=int, default=11, help="alphas on the path (default 11)")
-    parser.add_argument("--plot", default=None, metavar="FILE.png",
-                        help="error barrier vs rewind iteration (PNG + PDF)")
+    add_plot_argument(parser, "error barrier vs rewind iteration (PNG + PDF)")
     add_json_argument(parser)
 
 
@@ -53,7 +54,7 @@ def _mask_from_args(args):
     if args.ticket:
         if args.level is None:
             raise UsageError("--ticket needs --level")
-        from tickets.runs import load_level, open_run
+        from tickets import load_level, open_run
         run = open_run(args.ticket)
         if run.meta.get("model") != args.model:
             raise UsageError(f"--ticket {args.ticket} is a {run.meta.get('model')} run, not "
@@ -72,11 +73,8 @@ def run(args) -> int:
     from tickets.data import load_dataset
     from tickets.instability import instability
 
-    if args.points < 2:
-        raise UsageError(f"--points must be >= 2 (the two endpoints at least), got {args.points}")
-    plot_path = ensure_output_path(args.plot, "plot") if args.plot else None
-    if args.json not in (None, "-"):
-        ensure_output_path(args.json, "JSON")
+    check_points(args.points)
+    plot_path = check_outputs(args)
     device = resolve_device(args.device)
     mask, what = _mask_from_args(args)
     kwargs = model_kwargs_from_args(args)
@@ -94,8 +92,7 @@ def run(args) -> int:
     out = res.to_dict()
     out["subnetwork"] = what
     if plot_path is not None:
-        stem = plot_path.with_suffix("") if plot_path.suffix else plot_path
-        out["figures"] = [str(p) for p in _plot({what: res}, stem)]
+        out["figures"] = [str(p) for p in _plot({what: res}, figure_stem(plot_path))]
     emit_json(args.json, out)
     return 0
 
@@ -146,6 +143,27 @@ class InstabilityReport:
                 "table": self.table()}
 
 
+def _branch(run, level: int | None, data, ks, *, data_seeds, bn: str, points: int, device
+            ) -> dict:
+    """Instability of ``run``'s dense network (``level`` None) or of its ticket at ``level``,
+    cached in ``RUN/analyses/``."""
+    from tickets import load_level
+    from tickets.instability import instability
+    key = {"v": CACHE_VERSION, "run": str(run.path.resolve()), "level": level, "ks": ks,
+           "seeds": list(data_seeds), "bn": bn, "points": points,
+           "stamp": level_stamp(run, level) if level is not None else 0}
+    cpath = cache_file(run.path, "instability", key)
+    cached = read_cache(cpath)
+    if cached is None:
+        mask = load_level(run, level).mask if level is not None else None
+        cached = instability(run.meta["model"], data, run.config, rewind_iters=ks,
+                             seed=int(run.meta["seed"]), data_seeds=data_seeds, mask=mask,
+                             model_kwargs=run.meta.get("model_kwargs") or {}, bn=bn,
+                             n_points=points, device=device).to_dict()
+        write_cache(cpath, cached)
+    return cached
+
+
 def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None,
             level: int | None = None, rewind_iters: Sequence[int] = DEFAULT_REWIND,
             data_seeds=(1, 2), bn: str = "reset", points: int = 11, device="cpu",
@@ -153,44 +171,35 @@ def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None,
     """Instability of the first run's architecture (its model, data, training config and seed):
     dense, and under its ticket at ``level`` (default: the sparsest level all runs have).
     Rewind iterations past the end of training are dropped. Cached in RUN/analyses/."""
-    from tickets.runs import load_level, load_run_data, open_run
-    from tickets.instability import instability
-    from tickets.train import TrainConfig
-    runs = [open_run(p) for p in run_dirs]
+    from tickets import load_run_data
+    runs = open_runs(run_dirs)
     if not runs:
-        raise UsageError("instability needs a run directory")
+        raise NotApplicable("instability needs a run directory")
     run0 = runs[0]
     if level is None:
-        common = sorted(set.intersection(*(set(r.levels) for r in runs)))
-        if levels is not None:
-            common = [lv for lv in common if lv in set(levels)]
-        pruned = [lv for lv in common if lv > 0]
+        pruned = [lv for lv in common_levels(runs)
+                  if lv > 0 and (levels is None or lv in set(levels))]
         level = pruned[-1] if pruned else None
     elif level not in run0.levels:
         raise UsageError(f"{run0.path}: level {level} is not complete")
     data = load_run_data(run0)
-    cfg = TrainConfig.from_dict(run0.meta["train_config"])
-    total = cfg.total_iters(len(data.train))
+    total = run0.config.total_iters(len(data.train))
     ks = [k for k in rewind_iters if 0 <= k < total]
-    results = {}
-    for name, lv in (("dense", None), (f"level_{level}", level)):
-        if name != "dense" and lv is None:
-            continue
-        key = {"v": CACHE_VERSION, "run": str(run0.path.resolve()), "level": lv, "ks": ks,
-               "seeds": list(data_seeds), "bn": bn, "points": points,
-               "stamp": level_stamp(run0, lv) if lv is not None else 0}
-        cpath = cache_file(run0.path, "instability", key)
-        cached = read_cache(cpath)
-        if cached is None:
-            mask = load_level(run0, lv).mask if lv is not None else None
-            res = instability(run0.meta["model"], data, cfg, rewind_iters=ks,
-                              seed=int(run0.meta["seed"]), data_seeds=data_seeds, mask=mask,
-                              model_kwargs=run0.meta.get("model_kwargs") or {}, bn=bn,
-                              n_points=points, device=device)
-            cached = res.to_dict()
-            write_cache(cpath, cached)
-        results[name] = cached
+    opts = dict(data_seeds=data_seeds, bn=bn, points=points, device=device)
+    results = {"dense": _branch(run0, None, data, ks, **opts)}
+    if level is not None:
+        results[f"level_{level}"] = _branch(run0, level, data, ks, **opts)
     return InstabilityReport(run=str(run0.path), level=level, results=results)
+
+
+def summary(result: InstabilityReport) -> list[tuple[str, str]]:
+    """Error barrier (%) per rewind iteration, dense and ticket."""
+    out = []
+    for r in result.table():
+        parts = [f"{k.replace('_error_barrier', '')} {100 * x:.1f}" for k, x in r.items()
+                 if k.endswith("_error_barrier")]
+        out.append((f"error barrier (%) rewinding to iter {r['rewind_iter']}", ", ".join(parts)))
+    return out
 
 
 def plot(result: InstabilityReport, out_dir: Path) -> list[Path]:

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from analyses.common import (UsageError, add_device_argument, add_json_argument, emit_json,
-                             ensure_output_path, resolve_device)
-from analyses.connect import (align_params, cache_file, example_input, level_stamp, read_cache,
-                              same_architecture, write_cache)
+from analyses.common import (NotApplicable, UsageError, add_output_arguments, check_outputs,
+                             emit_json, figure_stem, percent, resolve_device)
+from tickets.runs import cache_file, level_stamp, read_cache, write_cache
+from analyses.study import (align_seeds, common_levels, example_input, open_runs,
+                            require_levels, same_architecture)
 
 HELP = "mask overlap of tickets across seeds, raw and modulo permutation, against chance"
 CACHE_VERSION = 1
@@ -32,11 +33,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--level", type=int, required=True, help="IMP level whose masks to compare")
     parser.add_argument("--align", choices=["weight", "activation"], default=None,
                         help="also compare after permuting each mask into the other's basis")
-    parser.add_argument("--plot", default=None, metavar="FILE.png",
-                        help="heatmaps of the Jaccard matrices (PNG + PDF)")
-    add_json_argument(parser)
-    add_device_argument(parser)
-    parser.add_argument("--quiet", action="store_true")
+    add_output_arguments(parser, plot="heatmaps of the Jaccard matrices (PNG + PDF)")
 
 
 @dataclass(frozen=True)
@@ -70,57 +67,45 @@ class OverlapAnalysis:
 
 
 def _load(run_dirs: Sequence[str | Path], levels: Sequence[int]):
-    from tickets.runs import open_run
-    runs = [open_run(p) for p in run_dirs]
+    runs = open_runs(run_dirs)
     if len(runs) < 2:
-        raise UsageError("overlap needs at least two run directories (seeds)")
+        raise NotApplicable("overlap needs at least two run directories (seeds)")
     same_architecture([r.meta for r in runs], [str(r.path) for r in runs])
-    for r in runs:
-        for lv in levels:
-            if lv not in r.levels:
-                raise UsageError(f"{r.path}: level {lv} is not complete (completed: "
-                                 f"{', '.join(map(str, r.levels)) or 'none'})")
+    require_levels(runs, levels)
     return runs
 
 
+def _perms(runs, align: str, device, state: dict):
+    """Spec and the permutation of every pair (i < j) of seeds, found once per call."""
+    if "perms" not in state:
+        from gauge import infer_spec
+        from tickets import build_run_model, load_run_data
+        model = build_run_model(runs[0])
+        spec = infer_spec(model, example_input(runs[0].meta))
+        data = load_run_data(runs[0]) if align == "activation" else None
+        state["spec"] = spec
+        state["perms"] = {(i, j): align_seeds(model, spec, runs[i], runs[j], align, data,
+                                              device=device)
+                          for i in range(len(runs)) for j in range(i + 1, len(runs))}
+    return state["perms"], state["spec"]
+
+
 def _analyse(runs, level: int, align: str | None, device, state: dict) -> dict:
-    from gauge.overlap import mask_overlap, overlap_matrix
-    from tickets.runs import build_run_model, load_level, load_run_data
+    from gauge import aligned_mask_overlap, mask_overlap, overlap_matrix
+    from tickets import load_level, sparsity
     masks = [load_level(r, level).mask for r in runs]
     names = [str(r.path) for r in runs]
-    for m, n in zip(masks[1:], names[1:]):
-        if set(m) != set(masks[0]) or any(m[k].shape != masks[0][k].shape for k in m):
-            raise UsageError(f"the masks of {n} and {names[0]} cover different weights: masks "
-                             "of different models")
-    perms = None
-    spec = None
-    if align:
-        if "perms" not in state:
-            from gauge.infer import infer_spec
-            model = build_run_model(runs[0])
-            spec = infer_spec(model, example_input(runs[0].meta))
-            data = load_run_data(runs[0]) if align == "activation" else None
-            dense = [load_level(r, 0).final for r in runs]
-            pw = {}
-            for i in range(len(runs)):
-                for j in range(i + 1, len(runs)):
-                    _, pw[(i, j)] = align_params(model, spec, dense[i], dense[j], align, data,
-                                                 device=device)
-            state["perms"], state["spec"] = pw, spec
-        perms, spec = state["perms"], state["spec"]
+    perms, spec = _perms(runs, align, device, state) if align else (None, None)
     mat = overlap_matrix(dict(zip(names, masks)), perms=perms, spec=spec)
     pairs = {}
     for i in range(len(runs)):
         for j in range(i + 1, len(runs)):
             entry = {"raw": mask_overlap(masks[i], masks[j]).to_dict()}
             if perms is not None:
-                from gauge.overlap import aligned_mask_overlap
                 entry["aligned"] = aligned_mask_overlap(spec, perms[(i, j)], masks[i],
                                                         masks[j]).to_dict()
             pairs[f"{i}-{j}"] = entry
-    total = sum(m.numel() for m in masks[0].values())
-    density = sum(int(m.sum()) for m in masks[0].values()) / max(1, total)
-    return {"density": density, "matrix": mat.to_dict(), "pairs": pairs}
+    return {"density": sparsity(masks[0]).density, "matrix": mat.to_dict(), "pairs": pairs}
 
 
 def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None,
@@ -128,10 +113,8 @@ def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None,
             ) -> OverlapAnalysis:
     """Overlap matrices of the runs' masks at each level in ``levels`` (default: every pruned
     level all runs have), raw and aligned; cached per level in RUN_0/analyses/."""
-    from tickets.runs import open_run
-    pre = [open_run(p) for p in run_dirs]
     if levels is None:
-        levels = sorted(set.intersection(*(set(r.levels) for r in pre)))
+        levels = common_levels(open_runs(run_dirs))
     levels = [int(lv) for lv in levels if int(lv) > 0] or [int(lv) for lv in levels]
     runs = _load(run_dirs, levels + ([0] if align else []))
     out, state = {}, {}
@@ -146,6 +129,14 @@ def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None,
             write_cache(cpath, res)
         out[str(lv)] = res
     return OverlapAnalysis(runs=[str(r.path) for r in runs], align=align, levels=out)
+
+
+def summary(result: OverlapAnalysis) -> list[tuple[str, str]]:
+    """Mean Jaccard over seed pairs at the sparsest level: raw, aligned and chance."""
+    t = result.table()[-1]
+    aligned = "-" if t["jaccard_aligned"] is None else f"{t['jaccard_aligned']:.3f}"
+    return [(f"Jaccard raw / aligned / chance, {percent(t['density'])}% weights",
+             f"{t['jaccard_raw']:.3f} / {aligned} / {t['jaccard_chance']:.3f}")]
 
 
 def _short(names):
@@ -202,15 +193,13 @@ def plot(result: OverlapAnalysis, out_dir: Path, *, stem: str | Path | None = No
 def run(args) -> int:
     if len(args.runs) < 2:
         raise UsageError("give at least two run directories")
-    plot_path = ensure_output_path(args.plot, "plot") if args.plot else None
-    if args.json not in (None, "-"):
-        ensure_output_path(args.json, "JSON")
+    plot_path = check_outputs(args)
     device = resolve_device(args.device)
     result = compute(args.runs, levels=[args.level], align=args.align, device=device)
     out = result.to_dict()
     if plot_path is not None:
-        stem = plot_path.with_suffix("") if plot_path.suffix else plot_path
-        out["figures"] = [str(p) for p in plot(result, plot_path.parent, stem=stem)]
+        out["figures"] = [str(p) for p in plot(result, plot_path.parent,
+                                               stem=figure_stem(plot_path))]
     if args.json != "-" and not args.quiet:
         r = result.table()[0]
         print(f"level {r['level']} ({100 * r['density']:.1f}% weights), {r['pairs']} pair(s): "

@@ -19,11 +19,12 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from analyses.common import (UsageError, add_device_argument, add_json_argument, emit_json,
-                             ensure_output_path, resolve_device)
-from analyses.connect import (align_params, cache_file, example_input, level_stamp, read_cache,
-                              same_architecture, write_cache)
-from tickets.transfer import VARIANTS, TransferResult, transfer_ticket
+from analyses.common import (NotApplicable, UsageError, add_output_arguments, check_outputs,
+                             emit_json, figure_stem, percent, resolve_device)
+from analyses.study import (align_seeds, example_input, open_runs, require_levels,
+                            same_architecture, sparsest_pruned_level)
+from tickets.runs import cache_file, level_stamp, read_cache, write_cache
+from tickets.transfer import TransferResult, transfer_ticket
 
 HELP = "move a ticket from one seed to another by permuting its mask (sparse re-basin)"
 CACHE_VERSION = 1
@@ -39,37 +40,35 @@ def add_arguments(parser) -> None:
                         help="how B is matched to A (default weight)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random-mask control and of weight matching")
-    parser.add_argument("--plot", default=None, metavar="FILE.png",
-                        help="bar chart of the four test accuracies (PNG + PDF)")
-    add_json_argument(parser)
-    add_device_argument(parser)
-    parser.add_argument("--quiet", action="store_true")
+    add_output_arguments(parser, plot="bar chart of the four test accuracies (PNG + PDF)")
 
 
-def transfer(run_a, run_b, level: int, *, align: str = "weight", seed: int = 0, device="cpu"
-             ) -> TransferResult:
-    """The computation behind ``gauge transfer`` (runs: paths or ``RunInfo``): B aligned to A,
-    then :func:`tickets.transfer.transfer_ticket`."""
-    from gauge.infer import infer_spec
-    from tickets.runs import build_run_model, load_level, load_run_data, open_run
-
-    a = run_a if hasattr(run_a, "meta") else open_run(run_a)
-    b = run_b if hasattr(run_b, "meta") else open_run(run_b)
+def _open_pair(run_a, run_b, level: int):
+    """The two runs, checked: different directories, one architecture and dataset, and the
+    levels the transfer reads (0 and ``level`` of both)."""
+    a, b = open_runs([run_a, run_b])
     if Path(a.path).resolve() == Path(b.path).resolve():
         raise UsageError("--ticket and --to are the same run directory")
     same_architecture([a.meta, b.meta], [str(a.path), str(b.path)])
     if a.meta.get("dataset") != b.meta.get("dataset"):
         raise UsageError(f"{a.path} was trained on {a.meta.get('dataset')}, {b.path} on "
                          f"{b.meta.get('dataset')}")
-    for run, lv in ((a, level), (a, 0), (b, 0), (b, level)):
-        if lv not in run.levels:
-            raise UsageError(f"{run.path}: level {lv} is not complete (completed: "
-                             f"{', '.join(map(str, run.levels)) or 'none'})")
+    require_levels([a, b], [level, 0])
+    return a, b
+
+
+def transfer(run_a, run_b, level: int, *, align: str = "weight", seed: int = 0, device="cpu"
+             ) -> TransferResult:
+    """The computation behind ``gauge transfer`` (runs: paths or ``RunInfo``): B aligned to A,
+    then :func:`tickets.transfer.transfer_ticket`."""
+    from gauge import infer_spec
+    from tickets import build_run_model, load_run_data
+
+    a, b = _open_pair(run_a, run_b, level)
     model = build_run_model(b)
     spec = infer_spec(model, example_input(b.meta))
     data = load_run_data(b)
-    _, perm = align_params(model, spec, load_level(a, 0).final, load_level(b, 0).final, align,
-                           data, seed=seed, device=device)
+    perm = align_seeds(model, spec, a, b, align, data, seed=seed, device=device)
     return transfer_ticket(a, b, level, spec, perm, align=align, seed=seed, data=data,
                            device=device)
 
@@ -79,18 +78,11 @@ def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None,
             progress: bool = False) -> TransferResult:
     """Transfer run 0's ticket to run 1 at ``level`` (default: the sparsest level both have);
     cached in RUN_0/analyses/."""
-    from tickets.runs import open_run
     if len(run_dirs) < 2:
-        raise UsageError("transfer needs two runs (seeds)")
-    a, b = open_run(run_dirs[0]), open_run(run_dirs[1])
+        raise NotApplicable("transfer needs two runs (seeds)")
+    a, b = open_runs(run_dirs[:2])
     if level is None:
-        common = sorted(set(a.levels) & set(b.levels))
-        if levels is not None:
-            common = [lv for lv in common if lv in set(levels)]
-        pruned = [lv for lv in common if lv > 0]
-        if not pruned:
-            raise UsageError("transfer needs a pruned level (>= 1) in both runs")
-        level = pruned[-1]
+        level = sparsest_pruned_level([a, b], levels, "transfer")
     key = {"v": CACHE_VERSION, "a": str(a.path.resolve()), "b": str(b.path.resolve()),
            "level": level, "align": align,
            "stamp": [level_stamp(a, level), level_stamp(b, level), level_stamp(b, 0)]}
@@ -101,6 +93,12 @@ def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None,
     res = transfer(a, b, level, align=align, device=device)
     write_cache(cpath, res.to_dict())
     return res
+
+
+def summary(result: TransferResult) -> list[tuple[str, str]]:
+    """Test accuracy of B's rewind weights under each mask."""
+    accs = ", ".join(f"{r['mask']} {100 * r['test_acc']:.1f}" for r in result.rows)
+    return [(f"test acc % by mask, {percent(result.density)}% weights", accs)]
 
 
 def plot(result: TransferResult, out_dir: Path, *, stem: str | Path | None = None) -> list[Path]:
@@ -121,16 +119,14 @@ def plot(result: TransferResult, out_dir: Path, *, stem: str | Path | None = Non
 
 
 def run(args) -> int:
-    plot_path = ensure_output_path(args.plot, "plot") if args.plot else None
-    if args.json not in (None, "-"):
-        ensure_output_path(args.json, "JSON")
+    plot_path = check_outputs(args)
     device = resolve_device(args.device)
     res = transfer(args.ticket, args.to, args.level, align=args.align, seed=args.seed,
                    device=device)
     out = res.to_dict()
     if plot_path is not None:
-        stem = plot_path.with_suffix("") if plot_path.suffix else plot_path
-        out["figures"] = [str(p) for p in plot(res, plot_path.parent, stem=stem)]
+        out["figures"] = [str(p) for p in plot(res, plot_path.parent,
+                                               stem=figure_stem(plot_path))]
     if args.json != "-" and not args.quiet:
         print(f"ticket {args.ticket} level {args.level} ({100 * res.density:.1f}% weights) -> "
               f"{args.to}:")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import types
 from pathlib import Path
 
@@ -48,7 +47,17 @@ def test_sparsity_and_optimizer_numbers_match_the_runs(runs, tmp_path):
     assert "Sparsity vs accuracy" in html and "Optimizer and rewinding" in html
 
 
-def test_composes_modules_and_lists_what_it_skipped(runs, tmp_path, monkeypatch):
+def _subcommand(name: str, **functions) -> types.ModuleType:
+    """A module with the subcommand interface (HELP, add_arguments, run) and ``functions``."""
+    module = types.ModuleType(name)
+    module.HELP, module.add_arguments, module.run = "a stub", lambda parser: None, lambda a: 0
+    for key, fn in functions.items():
+        setattr(module, key, fn)
+    return module
+
+
+def test_composes_modules_and_lists_what_it_skipped(runs, tmp_path):
+    from analyses.common import NotApplicable
     from analyses.figures import new_figure, save_figure
     from analyses.report import Analysis, build_report
     calls = {}
@@ -60,9 +69,7 @@ def test_composes_modules_and_lists_what_it_skipped(runs, tmp_path, monkeypatch)
         def to_dict(self):
             return {"n_runs": self.n, "barrier": 0.25, "rows": [{"level": 0, "value": 1.5}]}
 
-    stub = types.ModuleType("analyses._stub_analysis")
-
-    def compute(run_dirs, *, levels, device="cpu"):  # no **kwargs: options are filtered
+    def compute(run_dirs, *, levels, device="cpu", progress=False):
         calls["levels"], calls["dirs"] = levels, run_dirs
         return StubResult(len(run_dirs))
 
@@ -71,36 +78,54 @@ def test_composes_modules_and_lists_what_it_skipped(runs, tmp_path, monkeypatch)
         ax[0, 0].plot([0, 1], [0, result.n])
         return save_figure(fig, Path(out_dir) / "stub")
 
-    stub.compute, stub.plot = compute, plot
-    monkeypatch.setitem(sys.modules, "analyses._stub_analysis", stub)
-    broken = types.ModuleType("analyses._broken_analysis")
+    def not_applicable(run_dirs, **options):
+        raise NotApplicable("needs a second dataset\nsecond line")
 
-    def bad_compute(run_dirs):
-        raise RuntimeError("the stub always fails\nsecond line")
+    def summary(result):
+        return [("runs", str(result.n))]
 
-    broken.compute = bad_compute
-    monkeypatch.setitem(sys.modules, "analyses._broken_analysis", broken)
+    stub = _subcommand("analyses._stub_analysis", compute=compute, plot=plot, summary=summary)
+    inapt = _subcommand("analyses._inapt_analysis", compute=not_applicable, plot=plot,
+                        summary=summary)
     analyses = _builtin("sparsity") + [
-        Analysis("stub", "Stub", "a stub", module="analyses._stub_analysis", min_runs=2),
-        Analysis("broken", "Broken", "fails", module="analyses._broken_analysis"),
-        Analysis("missing", "Missing", "absent", module="analyses._no_such_analysis"),
-        Analysis("needs3", "Needs 3", "three seeds", module="analyses._stub_analysis",
-                 min_runs=3)]
+        Analysis("stub", "Stub", "a stub", stub, min_runs=2),
+        Analysis("inapt", "Inapt", "does not apply", inapt),
+        Analysis("needs3", "Needs 3", "three seeds", stub, min_runs=3)]
     res = build_report(runs, tmp_path / "out", analyses=analyses)
     assert calls["levels"] == [0, 1, 2]
     assert [Path(p) for p in calls["dirs"]] == runs[:2]  # the primary group only
     assert res.results["analyses"]["stub"]["barrier"] == 0.25
     assert res.results["figures"]["stub"] == ["figures/stub.png", "figures/stub.pdf"]
     reasons = {s["analysis"]: s["reason"] for s in res.results["skipped"]}
-    assert reasons["broken"] == "failed: RuntimeError: the stub always fails"
-    assert "not part of this build" in reasons["missing"]
+    assert reasons["inapt"] == "needs a second dataset"
     assert "needs at least 3 seeds" in reasons["needs3"]
     assert "other configurations" in reasons["across seeds"]
+    assert ("stub", "runs", "2") in res.summary
     html = res.html.read_text()
-    assert "the stub always fails" in html and "not part of this build" in html
+    assert "needs a second dataset" in html
     assert html.count("data:image/png;base64,") == 2  # sparsity + stub
     saved = json.loads(res.json.read_text())
     assert saved["analyses"]["stub"]["rows"] == [{"level": 0, "value": 1.5}]
+
+
+def test_a_module_without_the_report_interface_is_refused_at_registration():
+    from analyses.report import Analysis
+    incomplete = _subcommand("analyses._incomplete", compute=lambda run_dirs, **o: None)
+    with pytest.raises(TypeError, match="plot, summary"):
+        Analysis("incomplete", "Incomplete", "no plot", incomplete)
+
+
+def test_a_bug_in_an_analysis_propagates(runs, tmp_path):
+    from analyses.report import Analysis, build_report
+
+    def bad_compute(run_dirs, **options):
+        raise RuntimeError("the stub always fails")
+
+    broken = _subcommand("analyses._broken_analysis", compute=bad_compute,
+                         plot=lambda r, d: [], summary=lambda r: [])
+    with pytest.raises(RuntimeError, match="the stub always fails"):
+        build_report(runs, tmp_path / "out",
+                     analyses=[Analysis("broken", "Broken", "fails", broken)])
 
 
 def test_missing_levels_and_mixed_models_are_reported(runs, tmp_path):
