@@ -20,6 +20,7 @@ COMMANDS = {
     "flatness": "Hessian spectrum, trace, sharpness and landscapes, raw and gauge-fixed",
     "report": "build the HTML report (figures + results.json) from existing IMP run directories",
     "demo": "run the whole study on embedded MNIST-1D and write a report",
+    "sweep": "run a grid of IMP runs and the analyses over them as Dask tasks (laptop, cluster, Slurm/PBS)",
 }
 
 
