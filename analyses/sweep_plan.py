@@ -153,7 +153,6 @@ class Sweep:
     runs: dict
     analyses: tuple[dict, ...]
     cluster: dict = field(default_factory=dict)
-    source: str = "sweep"
 
     def to_dict(self) -> dict:
         """What the sweep computes (compared against the one an output folder holds)."""
@@ -178,7 +177,7 @@ def load_sweep(path: str | Path) -> Sweep:
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{path}: not valid TOML: {e}") from None
     try:
-        return parse_sweep(doc, source=str(path))
+        return parse_sweep(doc)
     except UsageError as e:
         raise UsageError(f"{path}: {e}") from None
 
@@ -301,7 +300,7 @@ def _parse_analyses(items, runs: dict) -> tuple[dict, ...]:
     return tuple(out)
 
 
-def parse_sweep(doc: Mapping, *, source: str = "sweep") -> Sweep:
+def parse_sweep(doc: Mapping) -> Sweep:
     """Validate a parsed sweep document (see :func:`load_sweep`)."""
     for key in doc:
         if key not in ("runs", "analyses", "cluster"):
@@ -318,7 +317,7 @@ def parse_sweep(doc: Mapping, *, source: str = "sweep") -> Sweep:
         if bad is not None:
             raise _unknown("cluster", bad, ("slurm", "pbs"))
         raise UsageError("cluster must hold tables [cluster.slurm] and/or [cluster.pbs]")
-    sweep = Sweep(runs=runs, analyses=analyses, cluster=cluster, source=source)
+    sweep = Sweep(runs=runs, analyses=analyses, cluster=cluster)
     pairwise = [a for a in analyses if a["kind"] in PAIRWISE]
     if pairwise and len(runs["seeds"]) < 2:
         a = pairwise[0]
@@ -423,7 +422,7 @@ def _grid(runs: dict) -> list[RunSpec]:
     return out
 
 
-def _imp_argv(run: RunSpec, runs: dict, level: int, out_dir: Path) -> list[str]:
+def _imp_argv(run: RunSpec, runs: dict, level: int, out_dir: Path, options: dict) -> list[str]:
     v = run.values
     argv = ["imp", "--model", v["model"], "--data", v["data"], "--seed", str(v["seed"])]
     if v["data_seed"] is not None:
@@ -433,7 +432,7 @@ def _imp_argv(run: RunSpec, runs: dict, level: int, out_dir: Path) -> list[str]:
     argv += ["--rewind-iter", str(v["rewind_iter"])]
     for c in runs["controls"]:
         argv += ["--control", c]
-    argv += _train_argv(v["train"], _options(_parser("imp")))
+    argv += _train_argv(v["train"], options)
     return argv + ["--levels", str(level), "--out", str(out_dir), "--quiet"]
 
 
@@ -454,8 +453,7 @@ def _level_outputs(run_dir: Path, level: int, controls) -> tuple[str, ...]:
     return tuple(map(str, base))
 
 
-def _analysis_flags(entry: dict, parser: argparse.ArgumentParser, where: str) -> list[str]:
-    options = _options(parser)
+def _analysis_flags(entry: dict, options: dict, where: str) -> list[str]:
     out = []
     for k, value in entry.items():
         if k not in ("kind", "label", "levels"):
@@ -476,11 +474,12 @@ def plan(sweep: Sweep, out_dir: str | Path) -> Plan:
     logs = out / "logs"
     imp_key = {}
     imp_parser = _parser("imp")
+    imp_options = _options(imp_parser)
     for run in runs:
         rdir = out / "runs" / run.name
         for level in range(sweep.runs["levels"] + 1):
             key = f"imp-{run.name}-level_{level:02d}"
-            argv = _imp_argv(run, sweep.runs, level, rdir)
+            argv = _imp_argv(run, sweep.runs, level, rdir, imp_options)
             if level == 0:
                 _check_argv(imp_parser, argv[1:], f"run {run.name} (gauge imp)")
             tasks.append(Task(key=key, kind="imp", argv=tuple(argv),
@@ -496,7 +495,8 @@ def plan(sweep: Sweep, out_dir: str | Path) -> Plan:
         kind, label = entry["kind"], entry["label"]
         where = f"analyses[{i}] ({kind})"
         parser = _parser(kind)
-        flags = _analysis_flags(entry, parser, f"analyses[{i}]")
+        options = _options(parser)
+        flags = _analysis_flags(entry, options, f"analyses[{i}]")
         adir = out / "analyses" / label
         if kind == "report":
             argv = ["report", *(str(out / "runs" / n) for n in names), "--out",
@@ -535,7 +535,7 @@ def plan(sweep: Sweep, out_dir: str | Path) -> Plan:
                         argv += ["--data-seed", str(v["data_seed"])]
                     if v["model_kwargs"]:
                         argv += ["--model-kwargs", json.dumps(v["model_kwargs"], sort_keys=True)]
-                    argv += _train_argv(v["train"], _options(parser))
+                    argv += _train_argv(v["train"], options)
                     argv += ["--ticket", str(dirs[0]), "--level", str(level)]
                 argv += [*flags, "--json", str(target), "--quiet"]
                 _check_argv(parser, argv[1:], where)
