@@ -43,7 +43,7 @@ import uuid
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 from analyses.common import UsageError, add_json_argument, emit_json, progress_enabled
 from analyses.sweep_plan import (FORMAT, PAIRWISE, PLAN_FILE, Plan, first_difference, is_done,

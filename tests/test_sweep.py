@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -235,7 +235,6 @@ def test_scheduler_and_workers_are_exclusive_and_missing_dask_names_the_extra(tm
     code = ("import sys; sys.modules['distributed'] = None; from analyses.cli import main; "
             f"sys.exit(main(['sweep', {str(src)!r}, '--out', {str(tmp_path / 'o')!r}]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120, env={**__import__("os").environ,
-                                                      "PYTHONPATH": str(ROOT)})
+                          cwd=ROOT, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert_user_error(proc, "pip install 'gauge-tickets[dist]'")
     assert not (tmp_path / "o").exists()
