@@ -166,8 +166,8 @@ def execute_task(task: Mapping, threads: int = 1, device: str | None = None,
     """Run one task (a :class:`~analyses.sweep_plan.Task` as a dict) in this process:
     skipped when its outputs exist, blocked when a task it needs did not finish, else
     ``gauge ARGV --device DEVICE`` with its output appended to the task's log. Returns the
-    task's state, error (first line), worker, device and wall time; never raises for a
-    failing command, so independent tasks go on."""
+    task's state, error (first line), worker, device, wall and CPU time; never raises for
+    a failing command, so independent tasks go on."""
     base = {"key": task["key"]}
     bad = [d for d in deps if d.get("state") not in ("computed", "skipped")]
     if bad:
@@ -184,7 +184,7 @@ def execute_task(task: Mapping, threads: int = 1, device: str | None = None,
     argv = [*task["argv"], "--device", dev]
     log = Path(task["log"])
     log.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} worker {worker}, device {dev}, "
                 f"{threads} thread(s)\n$ gauge {shlex.join(argv)}\n")
@@ -200,7 +200,8 @@ def execute_task(task: Mapping, threads: int = 1, device: str | None = None,
                 rc = 1
         wall = time.perf_counter() - t0
         f.write(f"=== exit {rc} after {wall:.1f}s\n")
-    out = {**base, "worker": worker, "device": dev, "wall_time": wall}
+    out = {**base, "worker": worker, "device": dev, "wall_time": wall,
+           "cpu_time": time.process_time() - cpu0}
     if rc == 0:
         return {**out, "state": "computed"}
     with open(log, encoding="utf-8") as f:
@@ -217,7 +218,7 @@ def execute_task(task: Mapping, threads: int = 1, device: str | None = None,
 @dataclass(frozen=True)
 class SweepOutcome:
     """The state of every task of a sweep (``tasks``: key, kind, state, inputs, error, log,
-    worker, device, wall time) and the sweep's wall time."""
+    worker, device, wall and CPU time) and the sweep's wall time."""
 
     tasks: tuple[dict, ...]
     wall_time: float

@@ -29,7 +29,8 @@ def _sweep_doc(runs: int, iters: int, levels: int) -> dict:
                                "iters": iters, "fraction": 0.5}}}
 
 
-def loop(runs: int, iters: int, levels: int, out: Path) -> float:
+def loop(runs: int, iters: int, levels: int, out: Path) -> tuple[float, float]:
+    """Wall and CPU seconds of the runs in a loop."""
     import torch
 
     from tickets.data import load_dataset
@@ -41,10 +42,10 @@ def loop(runs: int, iters: int, levels: int, out: Path) -> float:
                                                     iters=iters, epochs=None)
     kw = dict(levels=levels, fraction=0.5, model_kwargs={"widths": WIDTHS})
     run_imp("mlp", data, cfg, seed=99, out_dir=out / "warmup", **kw)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for seed in range(runs):
         run_imp("mlp", data, cfg, seed=seed, out_dir=out / f"s{seed}", **kw)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - cpu0
 
 
 def _warm_up(dask_worker=None) -> None:
@@ -84,7 +85,11 @@ def sweep(workers: int, runs: int, iters: int, levels: int, out: Path,
             t2 = time.perf_counter()
             client.gather(client.map(_identity, range(noop), pure=False))
             per_task = (time.perf_counter() - t2) / noop
-    return {"wall": wall, "start": cold, "tasks": len(p.tasks), "noop_per_task": per_task}
+    busiest = {}
+    for t in outcome.tasks:
+        busiest[t["worker"]] = busiest.get(t["worker"], 0.0) + t["cpu_time"]
+    return {"wall": wall, "start": cold, "tasks": len(p.tasks), "noop_per_task": per_task,
+            "cpu_busiest": max(busiest.values()), "cpu_total": sum(busiest.values())}
 
 
 def _identity(x):
@@ -100,9 +105,9 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        t_loop = loop(args.runs, args.iters, args.levels, tmp / "loop")
-        print(f"loop of run_imp, {args.runs} runs x {args.levels + 1} levels: {t_loop:.2f} s",
-              flush=True)
+        t_loop, cpu_loop = loop(args.runs, args.iters, args.levels, tmp / "loop")
+        print(f"loop of run_imp, {args.runs} runs x {args.levels + 1} levels: {t_loop:.2f} s "
+              f"(CPU {cpu_loop:.2f} s)", flush=True)
         one = sweep(1, args.runs, args.iters, args.levels, tmp / "w1")
         print(f"sweep, 1 worker:  {one['wall']:.2f} s ({one['tasks']} tasks; cluster start + "
               f"warm-up {one['start']:.1f} s)", flush=True)
@@ -112,6 +117,13 @@ def main() -> None:
     print(f"speed-up 2 workers vs loop:     {t_loop / two['wall']:.2f}x")
     print(f"speed-up 2 workers vs 1 worker: {one['wall'] / two['wall']:.2f}x")
     print(f"1 worker vs loop (sweep cost):  {one['wall'] / t_loop:.2f}x")
+    # CPU seconds barely depend on what else the machine runs: the loop's CPU time over the
+    # busiest worker's is the speed-up the 2 workers reach on 2 otherwise idle cores.
+    print(f"CPU: loop {cpu_loop:.2f} s; tasks on 1 worker {one['cpu_total']:.2f} s "
+          f"({one['cpu_total'] / cpu_loop:.2f}x the loop); on 2 workers {two['cpu_total']:.2f} s, "
+          f"busiest worker {two['cpu_busiest']:.2f} s")
+    print(f"speed-up on 2 idle cores (loop CPU / busiest worker CPU): "
+          f"{cpu_loop / two['cpu_busiest']:.2f}x")
     print(f"scheduler overhead per task ({args.noop} no-op tasks, 2 workers): "
           f"{1000 * two['noop_per_task']:.1f} ms")
 
