@@ -17,7 +17,7 @@ from analyses.common import USER_ERRORS, OneLineParser, UsageError
 
 #: The subcommand modules, in the order ``gauge --help`` lists them.
 SUBCOMMANDS = ("train", "imp", "align", "connect", "instability", "overlap", "transfer",
-               "flatness", "report", "demo")
+               "flatness", "report", "demo", "sweep")
 
 
 def command_name(module_name: str) -> str:

@@ -361,7 +361,8 @@ def add_report_arguments(parser, quick_help: str | None = None) -> None:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="IMP run directories")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                        help="IMP run directories, or sweep folders (gauge sweep --out)")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder: report.html, results.json, figures/")
     add_report_arguments(parser)
@@ -373,11 +374,21 @@ def log_for(args) -> Callable[[str], None] | None:
     return (lambda m: print(m, file=sys.stderr)) if verbose else None
 
 
+def expand_sweeps(paths: Sequence[str | Path]) -> list[str | Path]:
+    """Each sweep folder replaced by the run directories it holds; other paths kept."""
+    from analyses.sweep import sweep_run_dirs
+    out: list[str | Path] = []
+    for p in paths:
+        runs = sweep_run_dirs(p)
+        out.extend([p] if runs is None else runs)
+    return out
+
+
 def run(args) -> int:
     device = resolve_device(args.device)
     t0 = time.perf_counter()
     log = log_for(args)
-    result = build_report(args.runs, args.out, device=device, only=args.only, skip=args.skip,
+    result = build_report(expand_sweeps(args.runs), args.out, device=device, only=args.only, skip=args.skip,
                           quick=args.quick, progress=progress_enabled(args), log=log)
     if log is not None:
         print_summary(result.summary)
