@@ -41,6 +41,10 @@ class ConnectError(GaugeError, ValueError):
     """A linear path cannot be measured as asked (alpha grid, split, BN mode, missing data)."""
 
 
+class DataError(GaugeError, ValueError):
+    """Data is in none of the accepted forms (:mod:`gauge.batches`) or does not fit the model."""
+
+
 def check_same_keys(a, b, names: tuple[str, str] = ("A", "B"), what: str = "params") -> None:
     """Raise :class:`MismatchError` unless the dicts ``a`` and ``b`` (params, masks) hold the
     same keys with tensors of the same shapes, naming the first key or shape that differs."""
