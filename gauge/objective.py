@@ -182,13 +182,14 @@ class Objective:
         return batch_loss(logits_of(out, self.logits_fn), batch, self.loss_fn, name=self.name)
 
     def loss(self, tensors=None, batches=None) -> float:
-        """:func:`mean_loss` over ``batches`` (default: all data) at ``base`` with ``tensors``
-        replacing the free tensors."""
+        """The mean loss ``sum_b |b| l_b / sum_b |b|`` over ``batches`` (default: all data) at
+        ``base`` with ``tensors`` replacing the free tensors, each ``l_b`` the batch loss whose
+        gradient and Hessian the other methods take."""
         tensors = self.free_tensors() if tensors is None else tensors
+        batches = self.batches if batches is None else batches
         with torch.no_grad(), eval_mode(self.model):
-            return mean_loss(self.model, self.params_with(tensors),
-                             self.batches if batches is None else batches, self.loss_fn,
-                             logits_fn=self.logits_fn, name=self.name)
+            total = sum(float(self._batch_loss(tensors, b)) * b.n for b in batches)
+        return total / sum(b.n for b in batches)
 
     def loss_and_grad(self, tensors, batches=None):
         """Mean loss and its gradient w.r.t. ``tensors`` (list) over ``batches``."""
