@@ -50,7 +50,7 @@ from torch import nn
 from torch.utils.data import (ConcatDataset, DataLoader, Dataset, IterableDataset, Subset,
                               TensorDataset, default_collate)
 
-from gauge.errors import DataError, GaugeError
+from gauge.errors import DataError, GaugeError, one_line
 
 __all__ = ["Batch", "Data", "as_data", "pick_split", "make_batch", "forward", "logits_of",
            "causal_lm_loss", "batch_loss", "loss_sum", "error_sum", "LABEL_KEYS", "IGNORE_INDEX"]
@@ -66,11 +66,6 @@ _FORMS = ("an (x, y) pair of tensors, a dict of tensors, a map-style Dataset, a 
           "a list of batches")
 # Errors a model raises when the data does not fit it (wrong shape, dtype, keyword).
 _MISFIT = (RuntimeError, TypeError, ValueError, IndexError, KeyError)
-
-
-def _one_line(e: BaseException) -> str:
-    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
-    return lines[0] if lines else type(e).__name__
 
 
 def _map(fn, obj):
@@ -257,7 +252,7 @@ class Data:
             raise
         except _MISFIT as e:
             raise DataError(f"{self.name}: cannot collate its examples into a batch: "
-                            f"{_one_line(e)}") from e
+                            f"{one_line(e)}") from e
 
     def take(self, index: torch.Tensor) -> Batch:
         """The examples at ``index`` (a 1-D index tensor) as one batch (map-style data)."""
@@ -371,21 +366,33 @@ def pick_split(data, split: str):
 
 # ----------------------------------------------------------------------------- the model
 
+def _tied_aliases(model: nn.Module) -> set[str]:
+    """Second names of tied tensors (a language model's output layer sharing the embedding):
+    a state_dict lists both, and the tensor takes the value under its first name."""
+    names = set()
+    for named in (model.named_parameters, model.named_buffers):
+        names |= set(dict(named(remove_duplicate=False))) - set(dict(named()))
+    return names
+
+
 def forward(model: nn.Module, batch: Batch, params: Mapping[str, torch.Tensor] | None = None,
             *, name: str = "data"):
     """``model(batch.inputs)`` (keyword arguments for dict inputs), with ``params`` through
-    :func:`torch.func.functional_call` when given. A model that rejects the data raises
+    :func:`torch.func.functional_call` when given (tied tensors take the value under their
+    first name, so a gradient reaches every use). A model that rejects the data raises
     :class:`~gauge.errors.DataError` naming ``name`` and the model's complaint."""
     args, kwargs = ((), dict(batch.inputs)) if isinstance(batch.inputs, Mapping) \
         else ((batch.inputs,), {})
     try:
         if params is None:
             return model(*args, **kwargs)
-        return torch.func.functional_call(model, dict(params), args, kwargs)
+        aliases = _tied_aliases(model)
+        params = {k: v for k, v in params.items() if k not in aliases}
+        return torch.func.functional_call(model, params, args, kwargs)
     except GaugeError:
         raise
     except _MISFIT as e:
-        raise DataError(f"{name} does not fit the model: {_one_line(e)}") from e
+        raise DataError(f"{name} does not fit the model: {one_line(e)}") from e
 
 
 def logits_of(outputs, logits_fn: Callable | None = None) -> torch.Tensor:
@@ -442,7 +449,7 @@ def _checked(fn, logits, batch, name):
     except _MISFIT as e:
         raise DataError(f"{name}: the targets do not fit the model's outputs (logits "
                         f"{tuple(logits.shape)}, targets {tuple(batch.target.shape)}): "
-                        f"{_one_line(e)}") from e
+                        f"{one_line(e)}") from e
 
 
 def batch_loss(logits: torch.Tensor, batch: Batch, loss_fn: Callable | None = None, *,

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from gauge.batches import as_data, batch_loss, error_sum, forward, logits_of, loss_sum, make_batch
-from gauge.errors import EmptyParamsError, FlatnessOptionError, NonFiniteLossError
+from gauge.errors import (EmptyParamsError, FlatnessError, FlatnessOptionError, NonFiniteLossError,
+                          one_line)
 from gauge.results import Result
 
 __all__ = ["ParamFilter", "weights_only", "eval_mode", "loss_totals", "mean_loss", "Objective",
@@ -242,6 +243,17 @@ class Objective:
     def hvp(self, vec: torch.Tensor) -> torch.Tensor:
         """``H v`` for a free-coordinate vector ``vec`` (any float dtype; returns self.dtype),
         by double backprop (Pearlmutter 1994)."""
+        try:
+            return self._hvp(vec)
+        except RuntimeError as e:
+            if "derivative for" not in str(e):
+                raise
+            # fused kernels (flash / memory-efficient attention) have no double backward
+            raise FlatnessError(f"the model uses an op without a second derivative, so "
+                                f"Hessian-vector products are impossible: {one_line(e)} (build "
+                                f"a Hugging Face model with attn_implementation='eager')") from e
+
+    def _hvp(self, vec: torch.Tensor) -> torch.Tensor:
         v = self.unflatten(vec)
         if len(self.batches) == 1:
             leaves, grads = self.graph()
