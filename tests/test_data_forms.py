@@ -55,14 +55,6 @@ class TupleRows(DictRows):
         return self.x[i], self.y[i]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def xy():
     gen = torch.Generator().manual_seed(0)

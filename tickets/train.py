@@ -16,8 +16,9 @@ iteration ``k`` (``start_iter=k``) replays exactly the batches an uninterrupted 
 seen from ``k`` on, and the learning-rate schedule is evaluated at the absolute iteration. A
 stream (a ``DataLoader``, a list of batches) keeps its own batches and order: an epoch is one
 pass over it, ``cfg.batch_size`` and ``data_seed`` do not apply, and a resumed run replays the
-same batches only if the stream's order is fixed. Optimiser state starts fresh at ``start_iter`` as in OpenLTH's
-rewinding. ``seed`` seeds any randomness inside the model (dropout) in a forked RNG.
+same batches only if the stream's order is fixed. Optimiser state starts fresh at
+``start_iter`` as in OpenLTH's rewinding. ``seed`` seeds any randomness inside the model
+(dropout) in a forked RNG.
 
 Masks (Frankle & Carbin 2019): pruned weights are zeroed on entry and re-zeroed after every
 optimiser step (one fused multiply per step), with no mask multiply in the forward pass. Every
