@@ -292,6 +292,14 @@ class Data:
         return next(iter(self.batches(k, limit=k))).inputs
 
 
+def _is_map_style(data) -> bool:
+    """A dataset with ``len`` and ``[i]`` (a torch ``Dataset`` or any such object), not a
+    stream and not a container of batches."""
+    if isinstance(data, IterableDataset) or isinstance(data, (tuple, list, Mapping, str, bytes)):
+        return False
+    return isinstance(data, Dataset) or (hasattr(data, "__len__") and hasattr(data, "__getitem__"))
+
+
 def _describe(data) -> str:
     return f"data ({type(data).__name__})"
 
@@ -313,9 +321,7 @@ def as_data(data, name: str | None = None) -> Data:
     elif isinstance(data, Mapping) and data and all(isinstance(v, torch.Tensor)
                                                     for v in data.values()):
         columns = dict(data)
-    elif isinstance(data, (Dataset,)) and not isinstance(data, IterableDataset) or (
-            hasattr(data, "__len__") and hasattr(data, "__getitem__")
-            and not isinstance(data, (tuple, list, Mapping, str, bytes))):
+    elif _is_map_style(data):
         cols = _columns(data)
         if cols is not None:
             if len(cols) > 2:
