@@ -7,9 +7,9 @@ the disk. It depends on torch, numpy and scipy only (never on ``tickets``).
 """
 
 from gauge.connect import PathResult, barriers, interpolate, linear_path
-from gauge.errors import (ConnectError, EmptyParamsError, FlatnessError, FlatnessOptionError,
-                          GaugeError, MismatchError, NonFiniteLossError, SpecError, TraceError,
-                          check_same_keys)
+from gauge.errors import (ConnectError, DataError, EmptyParamsError, FlatnessError,
+                          FlatnessOptionError, GaugeError, MismatchError, NonFiniteLossError,
+                          SpecError, TraceError, check_same_keys)
 from gauge.flatness import (Landscape1D, Landscape2D, SharpnessResult, epsilon_sharpness,
                             landscape_1d, landscape_2d, loss_at, sharpness)
 from gauge.hessian import (Density, EigResult, HessianOperator, TraceResult, hessian_eigenvalues,
@@ -26,6 +26,7 @@ from gauge.symmetry import (Permutation, apply_permutation, apply_rescaling, can
 
 __all__ = ["GaugeError", "MismatchError", "SpecError", "TraceError", "ConnectError",
            "FlatnessError", "FlatnessOptionError", "EmptyParamsError", "NonFiniteLossError",
+           "DataError",
            "check_same_keys",
            "PermutationSpec", "infer_spec",
            "Permutation", "random_permutation", "identity_permutation", "apply_permutation",

@@ -40,11 +40,12 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from gauge.batches import Data, as_data, forward, pick_split
 from gauge.errors import ConnectError, MismatchError, check_same_keys
 from gauge.objective import mean_loss
 from gauge.results import Result
@@ -151,38 +152,6 @@ class PathResult(Result):
             if isinstance(v, list):
                 kw[k] = tuple(v)
         return cls(**kw)
-
-
-# --------------------------------------------------------------------------------------------
-# data
-
-
-def _split(data, name: str):
-    if data is None:
-        return None
-    if isinstance(data, Mapping):
-        return data.get(name)
-    return getattr(data, name, None)
-
-
-def _xy(split, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if hasattr(split, "tensors"):
-        x, y = split.tensors[:2]
-    elif isinstance(split, (tuple, list)) and len(split) == 2:
-        x, y = split
-    else:
-        raise ConnectError(f"{what} split must be a TensorDataset or an (inputs, labels) "
-                           f"pair, got {type(split).__name__}")
-    if len(x) != len(y) or len(x) == 0:
-        raise ConnectError(f"{what} split is empty or its inputs and labels differ in length")
-    return x, y
-
-
-def _batches(x: torch.Tensor, batch_size: int, device, limit: int | None = None
-             ) -> Iterator[torch.Tensor]:
-    n = len(x) if limit is None else min(len(x), limit)
-    for i in range(0, n, batch_size):
-        yield x[i:min(i + batch_size, n)].to(device, non_blocking=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,20 +274,16 @@ def _fresh_bn_buffers(bns: dict[str, nn.Module], params: dict[str, torch.Tensor]
                 params[prefix + key] = init(params[prefix + key])
 
 
-def _labelled_batches(x_all: torch.Tensor, y_all: torch.Tensor, batch_size: int, device
-                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for i in range(0, len(y_all), batch_size):
-        yield (x_all[i:i + batch_size].to(device, non_blocking=True),
-               y_all[i:i + batch_size].to(device, non_blocking=True))
-
-
-def _path_splits(data, split: str, bn: str, needs_stats: bool, train_metrics: bool):
-    """``(eval_x, eval_y, train_x, train_y)``; the training pair is ``(None, None)`` when absent
-    and not needed, a :class:`ConnectError` when needed."""
-    if _split(data, split) is None:
+def _path_splits(data, split: str, bn: str, needs_stats: bool, train_metrics: bool
+                 ) -> tuple[Data, Data | None, str]:
+    """``(eval data, training data, split name)``: ``data``'s ``split`` and ``train`` splits
+    (:func:`~gauge.batches.pick_split`; data without splits serves as both, named ``"data"``).
+    The training data is ``None`` when absent and not needed, a :class:`ConnectError` when
+    needed."""
+    eval_split, eval_name = pick_split(data, split)
+    if eval_split is None:
         raise ConnectError(f"data has no {split!r} split to evaluate the path on")
-    eval_x, eval_y = _xy(_split(data, split), split)
-    train_split = _split(data, "train")
+    train_split, train_name = pick_split(data, "train")
     if (needs_stats or train_metrics) and train_split is None:
         why = ("bn='reset' recomputes BatchNorm statistics" if bn == "reset" else
                "bn='repair' measures channel statistics")
@@ -326,8 +291,8 @@ def _path_splits(data, split: str, bn: str, needs_stats: bool, train_metrics: bo
             why = "train_metrics=True evaluates on it"
         raise ConnectError(f"no training data: {why} on training batches; pass data with a "
                            f"'train' split (or use bn='none')")
-    train_x, train_y = _xy(train_split, "train") if train_split is not None else (None, None)
-    return eval_x, eval_y, train_x, train_y
+    train = as_data(train_split, train_name) if train_split is not None else None
+    return as_data(eval_split, eval_name), train, split if eval_name is not None else "data"
 
 
 class _Path:
@@ -335,12 +300,13 @@ class _Path:
     inputs (BatchNorm in training mode, REPAIR hooks), evaluation passes in eval mode."""
 
     def __init__(self, model: nn.Module, bn: str, batch_size: int, stats_samples: int | None,
-                 device: torch.device):
+                 device: torch.device, loss_fn, error_fn, logits_fn):
         self.work = copy.deepcopy(model).to(device)
         self.bns = _bn_modules(self.work)
         self.needs_stats = (bn == "reset" and bool(self.bns)) or bn == "repair"
-        self.train_x: torch.Tensor | None = None  # set once the data is checked
+        self.train: Data | None = None  # set once the data is checked
         self.batch_size = batch_size
+        self.loss_fn, self.error_fn, self.logits_fn = loss_fn, error_fn, logits_fn
         self.stats_samples, self.device = stats_samples, device
         self.repair = _Repair(_repair_points(self.work)) if bn == "repair" else None
         self.ends: list[dict] = []
@@ -362,8 +328,8 @@ class _Path:
 
     def _train_pass(self, params, stats: bool) -> None:
         self._set_mode(stats)
-        for x in _batches(self.train_x, self.batch_size, self.device, self.stats_samples):
-            torch.func.functional_call(self.work, params, (x,))
+        for batch in self.train.batches(self.batch_size, self.device, self.stats_samples):
+            forward(self.work, batch, params, name=self.train.name)
         self._set_mode(False)
         self.n_stats += 1
 
@@ -394,13 +360,13 @@ class _Path:
                 rep.affine[n] = (scale, t_mu - mu * scale)
             rep.mode = "apply"
 
-    def evaluate(self, params, x_all, y_all) -> tuple[float, float]:
-        """Mean cross-entropy and top-1 error of ``params`` on ``(x_all, y_all)``."""
+    def evaluate(self, params, data: Data) -> tuple[float, float]:
+        """Mean loss and error of ``params`` on ``data``."""
         self._set_mode(False)
         self.n_eval += 1
-        return mean_loss(self.work, params,
-                         _labelled_batches(x_all, y_all, self.batch_size, self.device),
-                         error=True)
+        return mean_loss(self.work, params, data.batches(self.batch_size, self.device),
+                         self.loss_fn, error=True, error_fn=self.error_fn,
+                         logits_fn=self.logits_fn, name=data.name)
 
     def close(self) -> None:
         if self.repair is not None:
@@ -421,30 +387,35 @@ def linear_path(model: nn.Module, params_a: Mapping[str, torch.Tensor],
                 params_b: Mapping[str, torch.Tensor], data, *, n_points: int = 25,
                 alphas: Sequence[float] | None = None, split: str = "test", bn: str = "reset",
                 batch_size: int = 1000, train_metrics: bool = False,
-                stats_samples: int | None = None, device: str | torch.device = "cpu"
-                ) -> PathResult:
+                stats_samples: int | None = None, device: str | torch.device = "cpu",
+                loss_fn=None, error_fn=None, logits_fn=None) -> PathResult:
     """Loss and error of ``theta(alpha)`` on ``data.<split>`` for ``alpha`` on a grid.
 
     ``model`` only provides the forward pass (it is copied once, never modified). ``data`` has
-    ``train``/``test`` attributes or keys, each a ``TensorDataset`` or an ``(x, y)`` pair;
-    training batches are needed for ``bn="reset"``/``"repair"`` when the model has BatchNorm
-    (and for REPAIR in any model). The grid is ``n_points`` evenly spaced values in [0, 1] plus
-    0.5, or the given ``alphas`` (must contain 0 and 1). ``stats_samples`` caps the training
-    samples of each statistics pass (default: the whole training set). ``train_metrics``
-    also measures loss/error on the training set (one more evaluation pass per alpha).
-    Loss is the mean cross-entropy, error is 1 - top-1 accuracy.
+    ``train``/``test`` attributes or keys, each data in any form of :mod:`gauge.batches`, or is
+    one such data object serving as both (``PathResult.split == "data"``); training batches are
+    needed for ``bn="reset"``/``"repair"`` when the model has BatchNorm (and for REPAIR in any
+    model). The grid is ``n_points`` evenly spaced values in [0, 1] plus 0.5, or the given
+    ``alphas`` (must contain 0 and 1). ``stats_samples`` caps the training samples of each
+    statistics pass (default: the whole training set). ``train_metrics`` also measures
+    loss/error on the training set (one more evaluation pass per alpha). Loss is
+    ``loss_fn(logits, targets)`` (default: the mean cross-entropy, or the causal language-model
+    loss for next-token ``labels``), error is ``error_fn(logits, targets)`` (default: 1 - top-1
+    accuracy), logits are picked by ``logits_fn`` (see :func:`gauge.batches.logits_of`).
 
-    Raises :class:`ConnectError` for a bad grid, split, mode or missing training data and
-    :class:`MismatchError` when A and B are not the same architecture.
+    Raises :class:`ConnectError` for a bad grid, split, mode or missing training data,
+    :class:`MismatchError` when A and B are not the same architecture and
+    :class:`~gauge.errors.DataError` when the data is in no accepted form or does not fit the
+    model.
     """
     _check_path_options(bn, split, batch_size)
     grid = _alpha_grid(n_points, alphas)
     check_same_keys(params_a, params_b)
     device = torch.device(device)
-    path = _Path(model, bn, batch_size, stats_samples, device)
+    path = _Path(model, bn, batch_size, stats_samples, device, loss_fn, error_fn, logits_fn)
     path.check_fits(params_a)
-    eval_x, eval_y, path.train_x, train_y = _path_splits(data, split, bn, path.needs_stats,
-                                                         train_metrics)
+    eval_data, path.train, split = _path_splits(data, split, bn, path.needs_stats,
+                                                train_metrics)
     pa = {k: v.to(device) for k, v in params_a.items()}
     pb = {k: v.to(device) for k, v in params_b.items()}
     for m in path.bns.values():
@@ -456,11 +427,11 @@ def linear_path(model: nn.Module, params_a: Mapping[str, torch.Tensor],
         for alpha in grid:
             params = interpolate(pa, pb, alpha)
             path.prepare(params, alpha)
-            l, e = path.evaluate(params, eval_x, eval_y)
+            l, e = path.evaluate(params, eval_data)
             loss.append(l)
             error.append(e)
             if train_metrics:
-                l, e = path.evaluate(params, path.train_x, train_y)
+                l, e = path.evaluate(params, path.train)
                 tr_loss.append(l)
                 tr_error.append(e)
     finally:

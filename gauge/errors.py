@@ -41,6 +41,10 @@ class ConnectError(GaugeError, ValueError):
     """A linear path cannot be measured as asked (alpha grid, split, BN mode, missing data)."""
 
 
+class DataError(GaugeError, ValueError):
+    """Data is in none of the accepted forms (:mod:`gauge.batches`) or does not fit the model."""
+
+
 def check_same_keys(a, b, names: tuple[str, str] = ("A", "B"), what: str = "params") -> None:
     """Raise :class:`MismatchError` unless the dicts ``a`` and ``b`` (params, masks) hold the
     same keys with tensors of the same shapes, naming the first key or shape that differs."""
@@ -56,3 +60,13 @@ def check_same_keys(a, b, names: tuple[str, str] = ("A", "B"), what: str = "para
     for k in b:
         if k not in a:
             raise differ(f"{k!r} is only in {names[1]}")
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message``, at most ``limit`` characters (for an error that
+    quotes another one, e.g. what a model said about data it rejected)."""
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    if isinstance(exc, SyntaxError) and exc.lineno:
+        first = f"{exc.msg} (line {exc.lineno})"
+    return f"{type(exc).__name__}: {first}"[:limit]

@@ -23,6 +23,7 @@ from torch import nn
 
 from gauge.errors import FlatnessOptionError
 from gauge.hessian import hessian_eigenvalues
+from gauge.batches import Batch
 from gauge.objective import Objective, ParamFilter, raw_and_gauge_fixed
 from gauge.results import Result
 
@@ -68,11 +69,11 @@ class Landscape2D(Result):
     normalization: str | None
 
 
-def _checked_objective(model, params, data, loss_fn, mask, param_filter, device, batch_size
-                       ) -> tuple[Objective, float]:
+def _checked_objective(model, params, data, loss_fn, mask, param_filter, device, batch_size,
+                       logits_fn) -> tuple[Objective, float]:
     """The :class:`Objective` and its (finite) loss at ``params``."""
     problem = Objective(model, params, data, loss_fn, mask=mask, param_filter=param_filter,
-                        device=device, batch_size=batch_size)
+                        device=device, batch_size=batch_size, logits_fn=logits_fn)
     return problem, problem.check_finite()
 
 
@@ -89,12 +90,15 @@ def _split_batches(problem: Objective, batches):
         return [problem.batches]
     if not isinstance(batches, (int, np.integer)) or batches < 1:
         raise FlatnessOptionError(f"batches must be a positive integer or None, got {batches!r}")
-    x = torch.cat([b[0] for b in problem.batches])
-    y = torch.cat([b[1] for b in problem.batches])
-    if batches > len(y):
-        raise FlatnessOptionError(f"batches={batches} is more than the {len(y)} data points")
-    return [[(xc, yc)] for xc, yc in zip(torch.tensor_split(x, batches),
-                                         torch.tensor_split(y, batches))]
+    if batches > problem.n_data:
+        raise FlatnessOptionError(f"batches={batches} is more than the {problem.n_data} data "
+                                  f"points")
+    try:
+        whole = Batch.cat(problem.batches)
+    except RuntimeError as e:
+        raise FlatnessOptionError(f"m-sharpness regroups the examples into {batches} chunks, "
+                                  f"but the batches do not concatenate: {e}") from e
+    return [[chunk] for chunk in whole.split(int(batches))]
 
 
 def _project(u, rho, norm):
@@ -147,7 +151,8 @@ def sharpness(model: nn.Module, params: Mapping[str, torch.Tensor], data, loss_f
               rho: float, kind: str = "worst", adaptive: bool = True, norm: str = "l2",
               batches: int | None = None, steps: int = 20, n_samples: int = 10, mask=None,
               param_filter: ParamFilter | None = None, device="cpu", seed: int = 0,
-              batch_size=None, gauge_fixed: bool = False, spec=None, canon_kwargs=None):
+              batch_size=None, gauge_fixed: bool = False, spec=None, canon_kwargs=None,
+              logits_fn=None):
     """Sharpness as in Andriushchenko et al. (2023):
 
     * worst case: ``S = max_{||delta / c||_p <= rho} L(w + delta) - L(w)``, approximated by
@@ -172,7 +177,7 @@ def sharpness(model: nn.Module, params: Mapping[str, torch.Tensor], data, loss_f
 
     def run(p):
         problem, loss = _checked_objective(model, p, data, loss_fn, mask, param_filter, device,
-                                           batch_size)
+                                           batch_size, logits_fn)
         w = problem.free_values()
         c = w.abs() if adaptive else torch.ones_like(w)
         gen = torch.Generator().manual_seed(int(seed))
@@ -191,7 +196,8 @@ def sharpness(model: nn.Module, params: Mapping[str, torch.Tensor], data, loss_f
 def epsilon_sharpness(model: nn.Module, params: Mapping[str, torch.Tensor], data, loss_fn=None,
                       *, epsilon: float = 1e-3, steps: int = 20, mask=None,
                       param_filter: ParamFilter | None = None, device="cpu", batch_size=None,
-                      gauge_fixed: bool = False, spec=None, canon_kwargs=None):
+                      gauge_fixed: bool = False, spec=None, canon_kwargs=None,
+                      logits_fn=None):
     """Keskar et al. (2017) epsilon-sharpness, in percent:
     ``100 * (max_{y in C} L(w + y) - L(w)) / (1 + L(w))`` over the box
     ``C = {|y_i| <= epsilon (|w_i| + 1)}`` (full space, ``A = I``), by the same projected
@@ -202,7 +208,7 @@ def epsilon_sharpness(model: nn.Module, params: Mapping[str, torch.Tensor], data
 
     def run(p):
         problem, loss = _checked_objective(model, p, data, loss_fn, mask, param_filter, device,
-                                           batch_size)
+                                           batch_size, logits_fn)
         w = problem.free_values()
         rise = _worst_case(problem, w, w.abs() + 1, epsilon, "linf", steps, problem.batches)
         return SharpnessResult(value=100.0 * rise / (1.0 + loss), kind="epsilon",
@@ -215,9 +221,10 @@ def epsilon_sharpness(model: nn.Module, params: Mapping[str, torch.Tensor], data
 # ----------------------------------------------------------------------------- landscapes
 
 def loss_at(model: nn.Module, params: Mapping[str, torch.Tensor], data, loss_fn=None, *,
-            device="cpu", batch_size=None) -> float:
+            device="cpu", batch_size=None, logits_fn=None) -> float:
     """:func:`~gauge.objective.mean_loss` over ``data`` at ``params`` (eval mode)."""
-    problem = Objective(model, params, data, loss_fn, device=device, batch_size=batch_size)
+    problem = Objective(model, params, data, loss_fn, device=device, batch_size=batch_size,
+                        logits_fn=logits_fn)
     return problem.loss()
 
 
@@ -240,8 +247,7 @@ def _normalize(direction: list[torch.Tensor], weights: list[torch.Tensor], how):
     return out
 
 
-def _direction(problem, direction, normalization, gen, model, params, data, loss_fn, mask,
-               param_filter, device, seed, batch_size):
+def _direction(problem, direction, normalization, gen, params, mask, param_filter, seed):
     weights = problem.free_tensors()
     if isinstance(direction, Mapping):
         missing = [k for k in problem.names if k not in direction]
@@ -255,9 +261,10 @@ def _direction(problem, direction, normalization, gen, model, params, data, loss
         d = [torch.randn(w.shape, generator=gen, dtype=torch.float32).to(w.device, w.dtype)
              for w in weights]
     elif direction == "hessian":
-        eig = hessian_eigenvalues(model, params, data, loss_fn, k=1, mask=mask,
-                                  param_filter=param_filter, device=device, seed=seed,
-                                  batch_size=batch_size, residuals=False)
+        # the objective's own batches: the direction is that of the same loss
+        eig = hessian_eigenvalues(problem.model, params, problem.batches, problem.loss_fn, k=1,
+                                  mask=mask, param_filter=param_filter, device=problem.device,
+                                  seed=seed, residuals=False, logits_fn=problem.logits_fn)
         d = problem.unflatten(torch.as_tensor(eig.vectors[:, 0], device=problem.device))
     else:
         raise FlatnessOptionError(f"direction must be 'random', 'hessian' or a params dict, "
@@ -274,7 +281,8 @@ def landscape_1d(model: nn.Module, params: Mapping[str, torch.Tensor], data, los
                  direction="random", normalization: str | None = "filter",
                  alphas: Sequence[float] | None = None, mask=None,
                  param_filter: ParamFilter | None = None, device="cpu", seed: int = 0,
-                 batch_size=None, gauge_fixed: bool = False, spec=None, canon_kwargs=None):
+                 batch_size=None, gauge_fixed: bool = False, spec=None, canon_kwargs=None,
+                 logits_fn=None):
     """Loss along ``params + alpha * d`` (Goodfellow et al. 2015; Li et al. 2018).
 
     ``direction``: ``"random"`` (Gaussian, filter-normalised), ``"hessian"`` (top eigenvector,
@@ -286,10 +294,10 @@ def landscape_1d(model: nn.Module, params: Mapping[str, torch.Tensor], data, los
 
     def run(p):
         problem, _ = _checked_objective(model, p, data, loss_fn, mask, param_filter, device,
-                                        batch_size)
+                                        batch_size, logits_fn)
         gen = torch.Generator().manual_seed(int(seed))
-        d, name, how = _direction(problem, direction, normalization, gen, model, p, data,
-                                  loss_fn, mask, param_filter, device, seed, batch_size)
+        d, name, how = _direction(problem, direction, normalization, gen, p, mask, param_filter,
+                                  seed)
         w = problem.free_tensors()
         losses = [problem.loss([wi + float(a) * di for wi, di in zip(w, d)]) for a in alphas]
         return Landscape1D(alphas=alphas, losses=np.asarray(losses), direction=name,
@@ -302,7 +310,8 @@ def landscape_2d(model: nn.Module, params: Mapping[str, torch.Tensor], data, los
                  normalization: str | None = "filter", alphas: Sequence[float] | None = None,
                  betas: Sequence[float] | None = None, mask=None,
                  param_filter: ParamFilter | None = None, device="cpu", seed: int = 0,
-                 batch_size=None, gauge_fixed: bool = False, spec=None, canon_kwargs=None):
+                 batch_size=None, gauge_fixed: bool = False, spec=None, canon_kwargs=None,
+                 logits_fn=None):
     """Loss on the plane ``params + alpha * d1 + beta * d2`` spanned by two independent
     Gaussian directions, each filter-normalised (Li et al. 2018). Default grid 21 x 21 on
     ``[-1, 1]^2``."""
@@ -311,9 +320,9 @@ def landscape_2d(model: nn.Module, params: Mapping[str, torch.Tensor], data, los
 
     def run(p):
         problem, _ = _checked_objective(model, p, data, loss_fn, mask, param_filter, device,
-                                        batch_size)
+                                        batch_size, logits_fn)
         gen = torch.Generator().manual_seed(int(seed))
-        args = (model, p, data, loss_fn, mask, param_filter, device, seed, batch_size)
+        args = (p, mask, param_filter, seed)
         d1, _, how = _direction(problem, "random", normalization, gen, *args)
         d2, _, _ = _direction(problem, "random", normalization, gen, *args)
         w = problem.free_tensors()

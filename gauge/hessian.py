@@ -3,8 +3,10 @@ density -- raw and gauge-fixed.
 
 All measures take ``(model, params, data, loss_fn)`` as described in :mod:`gauge.objective`:
 ``model`` runs in eval mode for its forward pass only, ``params`` is a state_dict (only
-``nn.Parameter`` entries are differentiated), ``data`` is a fixed dataset and ``loss_fn``
-returns the batch mean (default: cross-entropy). With ``batch_size=None`` (default) the data is
+``nn.Parameter`` entries are differentiated), ``data`` is a fixed dataset in any form of
+:mod:`gauge.batches` and ``loss_fn(logits, targets)`` returns the batch mean (default:
+cross-entropy, or the causal language-model loss for next-token ``labels``); ``logits_fn``
+picks the logits out of the model's outputs. With ``batch_size=None`` (default) the data is
 one batch and the double-backprop graph is built once and reused for every Hessian-vector
 product (HVP); otherwise the HVP is the size-weighted mean over batches (the Hessian of the mean
 loss). ``mask`` (bool tensors by name, e.g. a ticket's) restricts the parameter space to the
@@ -128,14 +130,14 @@ class HessianOperator(scipy.sparse.linalg.LinearOperator):
 
 def hvp(model: nn.Module, params: Mapping[str, torch.Tensor], data, loss_fn=None, *,
         mask=None, param_filter: ParamFilter | None = None, device="cpu", batch_size=None,
-        callback: Callable[[int], None] | None = None) -> HessianOperator:
+        callback: Callable[[int], None] | None = None, logits_fn=None) -> HessianOperator:
     """The Hessian ``H = d^2 L / d theta^2`` of the mean loss on ``data`` as a LinearOperator.
 
     Raises :class:`NonFiniteLossError` if the loss at ``params`` is not finite,
     :class:`EmptyParamsError` if mask/param_filter select nothing.
     """
     problem = Objective(model, params, data, loss_fn, mask=mask, param_filter=param_filter,
-                        device=device, batch_size=batch_size)
+                        device=device, batch_size=batch_size, logits_fn=logits_fn)
     if len(problem.batches) == 1:
         problem.graph()  # checks the loss and gradient, builds the graph once
     else:
@@ -319,7 +321,8 @@ def hessian_eigenvalues(model: nn.Module, params: Mapping[str, torch.Tensor], da
                         param_filter: ParamFilter | None = None, device="cpu", seed: int = 0,
                         batch_size=None, residuals: bool = True,
                         callback: Callable[[int], None] | None = None,
-                        gauge_fixed: bool = False, spec=None, canon_kwargs=None):
+                        gauge_fixed: bool = False, spec=None, canon_kwargs=None,
+                        logits_fn=None):
     """The ``k`` largest (``which="LA"``), smallest (``"SA"``, negative curvature) or both
     (``"both"``: ``k`` from each end) Hessian eigenvalues, to relative accuracy ``tol``.
 
@@ -341,7 +344,7 @@ def hessian_eigenvalues(model: nn.Module, params: Mapping[str, torch.Tensor], da
 
     def run(p):
         op = hvp(model, p, data, loss_fn, mask=mask, param_filter=param_filter, device=device,
-                 batch_size=batch_size, callback=callback)
+                 batch_size=batch_size, callback=callback, logits_fn=logits_fn)
         n = op.shape[0]
         n_eig = 2 * k if which == "both" else k
         if n_eig > n:
@@ -392,7 +395,7 @@ def hessian_trace(model: nn.Module, params: Mapping[str, torch.Tensor], data, lo
                   n_samples: int = 100, method: str = "hutchinson", mask=None,
                   param_filter: ParamFilter | None = None, device="cpu", seed: int = 0,
                   batch_size=None, callback: Callable[[int], None] | None = None,
-                  gauge_fixed: bool = False, spec=None, canon_kwargs=None):
+                  gauge_fixed: bool = False, spec=None, canon_kwargs=None, logits_fn=None):
     """Stochastic trace ``tr(H)``.
 
     ``"hutchinson"`` (Hutchinson 1989): ``mean_i z_i^T H z_i`` over ``n_samples`` Rademacher
@@ -411,7 +414,7 @@ def hessian_trace(model: nn.Module, params: Mapping[str, torch.Tensor], data, lo
 
     def run(p):
         op = hvp(model, p, data, loss_fn, mask=mask, param_filter=param_filter, device=device,
-                 batch_size=batch_size, callback=callback)
+                 batch_size=batch_size, callback=callback, logits_fn=logits_fn)
         value, stderr = estimate(op, n_samples, torch.Generator().manual_seed(int(seed)))
         return TraceResult(value, stderr, op.n_hvp, method)
 
@@ -456,7 +459,8 @@ def spectral_density(model: nn.Module, params: Mapping[str, torch.Tensor], data,
                      sigma: float | None = None, mask=None,
                      param_filter: ParamFilter | None = None, device="cpu", seed: int = 0,
                      batch_size=None, callback: Callable[[int], None] | None = None,
-                     gauge_fixed: bool = False, spec=None, canon_kwargs=None):
+                     gauge_fixed: bool = False, spec=None, canon_kwargs=None,
+                     logits_fn=None):
     """Hessian spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019).
 
     For each of ``n_runs`` Rademacher start vectors, ``lanczos_steps`` Lanczos steps give the
@@ -473,7 +477,7 @@ def spectral_density(model: nn.Module, params: Mapping[str, torch.Tensor], data,
 
     def run(p):
         op = hvp(model, p, data, loss_fn, mask=mask, param_filter=param_filter, device=device,
-                 batch_size=batch_size, callback=callback)
+                 batch_size=batch_size, callback=callback, logits_fn=logits_fn)
         nodes, weights = _slq_nodes(op, n_runs, lanczos_steps, seed)
         grid, dens, sig = _gaussian_mixture(nodes, weights, n_runs, n_grid, sigma)
         return Density(grid=grid, density=dens, nodes=nodes, weights=weights, sigma=sig,

@@ -40,6 +40,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from gauge.batches import as_data, forward
 from gauge.errors import MismatchError, SpecError, check_same_keys
 from gauge.results import Result, to_dict
 from gauge.spec import PermutationSpec
@@ -424,24 +425,25 @@ def _features(x: torch.Tensor, channel: int, n: int, layout) -> torch.Tensor:
 
 def activation_matching(model: nn.Module, spec: PermutationSpec,
                         params_a: Mapping[str, torch.Tensor],
-                        params_b: Mapping[str, torch.Tensor], inputs: torch.Tensor, *,
+                        params_b: Mapping[str, torch.Tensor], inputs, *,
                         batch_size: int = 256, device: str | torch.device | None = None,
                         eps: float = 1e-8) -> MatchResult:
     """One assignment per group maximising the Pearson correlation of matched features.
 
     Features of a group are the inputs of the Linear/Conv layers consuming it (post-activation;
     every spatial position is a sample), or the producing layers' outputs if none consumes it.
-    Statistics are streamed over ``inputs`` in batches of ``batch_size`` (eval mode). Groups
+    Statistics are streamed over ``inputs`` in batches of ``batch_size`` (eval mode):
+    ``inputs`` is a tensor of inputs or data in any form of :mod:`gauge.batches` (targets are
+    not used); ``device`` defaults to the inputs' device (CPU for datasets and loaders). Groups
     with no Linear/Conv member (e.g. attention heads) keep the identity
     (``per_group[g]["skipped"]``).
     """
     t0 = time.perf_counter()
     check_same_keys(params_a, params_b)
     spec.check_params(params_a, "params_a")
-    if not isinstance(inputs, torch.Tensor) or len(inputs) == 0:
-        raise SpecError("activation matching needs a non-empty tensor of inputs")
-    device = torch.device(device) if device is not None else inputs.device
-    moments = _feature_moments(model, spec, params_a, params_b, inputs, batch_size, device)
+    data = as_data(inputs, "activation matching's inputs")
+    device = torch.device(device) if device is not None else data.device or torch.device("cpu")
+    moments = _feature_moments(model, spec, params_a, params_b, data, batch_size, device)
     perm, per_group, before, after = _match_correlations(spec, moments, eps)
     return MatchResult(perm=perm, method="activation",
                        objective_before=float(np.mean(before)) if before else 0.0,
@@ -449,9 +451,9 @@ def activation_matching(model: nn.Module, spec: PermutationSpec,
                        iterations=1, per_group=per_group, time=time.perf_counter() - t0)
 
 
-def _feature_moments(model, spec, params_a, params_b, inputs, batch_size, device):
+def _feature_moments(model, spec, params_a, params_b, data, batch_size, device):
     """Per group, the streamed sums ``n, sum a, sum b, sum a^2, sum b^2, sum a b^T`` of the
-    matched features of A and B over ``inputs`` (eval mode)."""
+    matched features of A and B over ``data`` (eval mode)."""
     cons = _consumers(model, spec)
     modules = dict(model.named_modules())
     stats_acc: dict[str, dict] = {}
@@ -474,12 +476,11 @@ def _feature_moments(model, spec, params_a, params_b, inputs, batch_size, device
     pb = {k: v.to(device) for k, v in params_b.items()}
     try:
         with torch.no_grad():
-            for i in range(0, len(inputs), batch_size):
-                x = inputs[i:i + batch_size].to(device)
+            for batch in data.batches(batch_size, device):
                 side = {}
                 for name, p in (("a", pa), ("b", pb)):
                     captured.clear()
-                    torch.func.functional_call(model, p, (x,))
+                    forward(model, batch, p, name=data.name)
                     side[name] = dict(captured)
                 for g in spec.groups:
                     n = spec.sizes[g]
@@ -532,7 +533,7 @@ def _match_correlations(spec, stats_acc, eps):
 
 def align(model: nn.Module | None, spec: PermutationSpec, params_a: Mapping[str, torch.Tensor],
           params_b: Mapping[str, torch.Tensor], method: str = "weight",
-          inputs: torch.Tensor | None = None, **kw) -> tuple[dict[str, torch.Tensor], MatchResult]:
+          inputs=None, **kw) -> tuple[dict[str, torch.Tensor], MatchResult]:
     """Align B to A: ``(apply_permutation(spec, result.perm, params_b), result)``.
 
     ``method="weight"`` calls :func:`weight_matching` (``model`` unused), ``"activation"`` calls

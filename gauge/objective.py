@@ -1,11 +1,12 @@
 """The loss a flatness measure looks at: a fixed dataset, the one mean loss, the free
 parameters, and the point they are taken at (raw or gauge-fixed).
 
-* ``data`` is a *fixed* dataset: ``(x, y)`` tensors, a ``TensorDataset`` or a list of
-  ``(x, y)`` batches (:func:`batches_of`). Every evaluation uses all of it, so a Hessian-vector
-  product is the same linear map at every call (which Lanczos needs).
+* ``data`` is a *fixed* dataset in any form :func:`gauge.batches.as_data` accepts (tensors,
+  datasets, loaders, lists of batches, dict batches). Every evaluation uses all of it, so a
+  Hessian-vector product is the same linear map at every call (which Lanczos needs).
 * :func:`mean_loss` is the mean of the loss over the examples, ``L = sum_b |b| l_b / sum_b |b|``,
-  for every measure in :mod:`gauge` (flatness and linear paths alike).
+  for every measure in :mod:`gauge` and :mod:`tickets` (flatness, linear paths, evaluation),
+  with ``loss_fn``/``error_fn``/``logits_fn`` as in :mod:`gauge.batches`.
 * :class:`Objective` is ``L`` as a function of the *free* parameter entries: ``nn.Parameter``
   tensors kept by ``param_filter`` (e.g. :func:`weights_only`), restricted to the unpruned
   entries of ``mask``. The model runs in eval mode (BatchNorm uses the running statistics in
@@ -24,52 +25,22 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from gauge.errors import EmptyParamsError, FlatnessOptionError, NonFiniteLossError
+from gauge.batches import as_data, batch_loss, error_sum, forward, logits_of, loss_sum, make_batch
+from gauge.errors import (EmptyParamsError, FlatnessError, FlatnessOptionError, NonFiniteLossError,
+                          one_line)
 from gauge.results import Result
 
-__all__ = ["ParamFilter", "weights_only", "batches_of", "eval_mode", "mean_loss", "Objective",
+__all__ = ["ParamFilter", "weights_only", "eval_mode", "loss_totals", "mean_loss", "Objective",
            "GaugeFixed", "gauge_fix", "raw_and_gauge_fixed"]
 
 ParamFilter = Callable[[str, torch.Tensor], bool]
-
-_DATA_FORMS = "(x, y) tensors, a TensorDataset or a non-empty list of (x, y) batches"
 
 
 def weights_only(name: str, tensor: torch.Tensor) -> bool:
     """``param_filter`` keeping weight matrices/kernels only (no biases, no norm scales)."""
     return tensor.ndim > 1
-
-
-def _split_pair(x: torch.Tensor, y: torch.Tensor, batch_size):
-    if len(x) != len(y):
-        raise FlatnessOptionError(f"data: inputs have {len(x)} rows but targets {len(y)}")
-    if len(x) == 0:
-        raise FlatnessOptionError("data is empty")
-    if batch_size is None or batch_size >= len(x):
-        return [(x, y)]
-    if batch_size < 1:
-        raise FlatnessOptionError(f"batch_size must be >= 1, got {batch_size}")
-    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-
-
-def batches_of(data, batch_size: int | None, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``data`` (see the module docstring) as a list of ``(x, y)`` batches on ``device``;
-    ``(x, y)`` tensors are cut into ``batch_size`` rows (``None``: one batch)."""
-    if hasattr(data, "tensors"):
-        data = tuple(data.tensors)
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(
-            isinstance(t, torch.Tensor) for t in data):
-        out = _split_pair(data[0], data[1], batch_size)
-    elif isinstance(data, (list, tuple)):
-        out = [tuple(b) for b in data]
-        if not out or any(len(b) != 2 for b in out):
-            raise FlatnessOptionError(f"data must be {_DATA_FORMS}")
-    else:
-        raise FlatnessOptionError(f"data must be {_DATA_FORMS}, got {type(data).__name__}")
-    return [(x.to(device), y.to(device)) for x, y in out]
 
 
 @contextlib.contextmanager
@@ -84,26 +55,39 @@ def eval_mode(model: nn.Module):
             m.train(flag)
 
 
-def mean_loss(model: nn.Module, params: Mapping[str, torch.Tensor], batches, loss_fn=None, *,
-              error: bool = False):
-    """``L = sum_b |b| l_b / sum_b |b|``, the mean loss over the examples of ``batches`` (an
-    iterable of ``(x, y)``), with ``model`` run on ``params`` as it is (the caller picks the
-    mode and ``torch.no_grad``).
-
-    ``loss_fn(outputs, targets)`` returns a batch mean; ``None`` sums the cross-entropy of each
-    batch in float32. ``error=True`` returns ``(L, E)`` with ``E`` the top-1 error
-    (1 - accuracy).
+def loss_totals(model: nn.Module, params: Mapping[str, torch.Tensor] | None, batches,
+                loss_fn=None, *, error_fn=None, logits_fn=None, error: bool = True,
+                name: str = "data") -> tuple[float, float | int, int]:
+    """``(sum_b |b| l_b, sum_b |b| e_b, sum_b |b|)`` over ``batches`` (an iterable of batches,
+    see :func:`gauge.batches.make_batch`): the summed loss and error (an exact count of wrong
+    examples for the default top-1 error) and the number of examples, with ``model`` run on
+    ``params`` (``None``: its own) as it is (the caller picks the mode and ``torch.no_grad``).
     """
     total, wrong, n = 0.0, 0, 0
-    for x, y in batches:
-        out = torch.func.functional_call(model, params, (x,))
-        if loss_fn is None:
-            total += float(F.cross_entropy(out.float(), y, reduction="sum"))
-        else:
-            total += float(loss_fn(out, y)) * len(y)
+    for raw in batches:
+        batch = make_batch(raw, name)
+        logits = logits_of(forward(model, batch, params, name=name), logits_fn)
+        total += loss_sum(logits, batch, loss_fn, name=name)
         if error:
-            wrong += int((out.argmax(1) != y).sum())
-        n += len(y)
+            wrong += error_sum(logits, batch, error_fn, name=name)
+        n += batch.n
+    return total, wrong, n
+
+
+def mean_loss(model: nn.Module, params: Mapping[str, torch.Tensor] | None, batches,
+              loss_fn=None, *, error: bool = False, error_fn=None, logits_fn=None,
+              name: str = "data"):
+    """``L = sum_b |b| l_b / sum_b |b|``, the mean loss over the examples of ``batches`` (an
+    iterable of batches: ``(x, y)`` tuples, dicts or :class:`~gauge.batches.Batch` es), with
+    ``model`` run on ``params`` as it is (the caller picks the mode and ``torch.no_grad``).
+
+    ``loss_fn(logits, targets)`` returns a batch mean; ``None`` sums the cross-entropy of each
+    batch in float32 (the causal language-model loss for next-token labels). ``error=True``
+    returns ``(L, E)`` with ``E`` the mean of ``error_fn`` (default: the top-1 error,
+    1 - accuracy). ``name`` names the data in errors.
+    """
+    total, wrong, n = loss_totals(model, params, batches, loss_fn, error_fn=error_fn,
+                                  logits_fn=logits_fn, error=error, name=name)
     return (total / n, wrong / n) if error else total / n
 
 
@@ -137,12 +121,16 @@ class Objective:
     """
 
     def __init__(self, model, params, data, loss_fn, *, mask=None, param_filter=None,
-                 device="cpu", batch_size=None):
+                 device="cpu", batch_size=None, logits_fn=None):
         self.device = torch.device(device)
         self.model = model
-        self.loss_fn = loss_fn if loss_fn is not None else F.cross_entropy
-        self.batches = batches_of(data, batch_size, self.device)
-        self.n_data = sum(len(y) for _, y in self.batches)
+        self.loss_fn, self.logits_fn = loss_fn, logits_fn
+        if batch_size is not None and batch_size < 1:
+            raise FlatnessOptionError(f"batch_size must be >= 1, got {batch_size}")
+        data = as_data(data)
+        self.name = data.name
+        self.batches = list(data.batches(batch_size, self.device))
+        self.n_data = sum(b.n for b in self.batches)
         mask = dict(mask or {})
         self.base = _masked_base(params, mask, self.device)
         trainable = {n for n, _ in model.named_parameters()}
@@ -190,27 +178,29 @@ class Objective:
         p.update(zip(self.names, tensors))
         return p
 
-    def _batch_loss(self, tensors, x, y):
-        out = torch.func.functional_call(self.model, self.params_with(tensors), (x,))
-        return self.loss_fn(out, y)
+    def _batch_loss(self, tensors, batch):
+        out = forward(self.model, batch, self.params_with(tensors), name=self.name)
+        return batch_loss(logits_of(out, self.logits_fn), batch, self.loss_fn, name=self.name)
 
     def loss(self, tensors=None, batches=None) -> float:
-        """:func:`mean_loss` over ``batches`` (default: all data) at ``base`` with ``tensors``
-        replacing the free tensors."""
+        """The mean loss ``sum_b |b| l_b / sum_b |b|`` over ``batches`` (default: all data) at
+        ``base`` with ``tensors`` replacing the free tensors, each ``l_b`` the batch loss whose
+        gradient and Hessian the other methods take."""
         tensors = self.free_tensors() if tensors is None else tensors
+        batches = self.batches if batches is None else batches
         with torch.no_grad(), eval_mode(self.model):
-            return mean_loss(self.model, self.params_with(tensors),
-                             self.batches if batches is None else batches, self.loss_fn)
+            total = sum(float(self._batch_loss(tensors, b)) * b.n for b in batches)
+        return total / sum(b.n for b in batches)
 
     def loss_and_grad(self, tensors, batches=None):
         """Mean loss and its gradient w.r.t. ``tensors`` (list) over ``batches``."""
         batches = self.batches if batches is None else batches
-        n = sum(len(y) for _, y in batches)
+        n = sum(b.n for b in batches)
         leaves = [t.detach().requires_grad_(True) for t in tensors]
         total, grads = 0.0, [torch.zeros_like(t) for t in leaves]
         with eval_mode(self.model):
-            for x, y in batches:
-                loss = self._batch_loss(leaves, x, y) * (len(y) / n)
+            for batch in batches:
+                loss = self._batch_loss(leaves, batch) * (batch.n / n)
                 g = torch.autograd.grad(loss, leaves)
                 total += float(loss.detach())
                 grads = [a + b for a, b in zip(grads, g)]
@@ -238,9 +228,8 @@ class Objective:
         :class:`NonFiniteLossError` when the loss or gradient is not finite."""
         if self._graph is None:
             leaves = [t.detach().clone().requires_grad_(True) for t in self.free_tensors()]
-            x, y = self.batches[0]
             with eval_mode(self.model):
-                loss = self._batch_loss(leaves, x, y)
+                loss = self._batch_loss(leaves, self.batches[0])
                 if not math.isfinite(float(loss.detach())):
                     raise NonFiniteLossError(f"loss at the checkpoint is {float(loss.detach())}: "
                                              f"the Hessian is undefined there (not iterating)")
@@ -254,6 +243,17 @@ class Objective:
     def hvp(self, vec: torch.Tensor) -> torch.Tensor:
         """``H v`` for a free-coordinate vector ``vec`` (any float dtype; returns self.dtype),
         by double backprop (Pearlmutter 1994)."""
+        try:
+            return self._hvp(vec)
+        except RuntimeError as e:
+            if "derivative for" not in str(e):
+                raise
+            # fused kernels (flash / memory-efficient attention) have no double backward
+            raise FlatnessError(f"the model uses an op without a second derivative, so "
+                                f"Hessian-vector products are impossible: {one_line(e)} (build "
+                                f"a Hugging Face model with attn_implementation='eager')") from e
+
+    def _hvp(self, vec: torch.Tensor) -> torch.Tensor:
         v = self.unflatten(vec)
         if len(self.batches) == 1:
             leaves, grads = self.graph()
@@ -262,10 +262,10 @@ class Objective:
         else:
             hv = [torch.zeros_like(t) for t in v]
             with eval_mode(self.model):
-                for x, y in self.batches:
+                for batch in self.batches:
                     leaves = [t.detach().clone().requires_grad_(True)
                               for t in self.free_tensors()]
-                    loss = self._batch_loss(leaves, x, y) * (len(y) / self.n_data)
+                    loss = self._batch_loss(leaves, batch) * (batch.n / self.n_data)
                     grads = torch.autograd.grad(loss, leaves, create_graph=True)
                     part = torch.autograd.grad(grads, leaves, grad_outputs=v, allow_unused=True)
                     hv = [a + (b if b is not None else 0) for a, b in zip(hv, part)]
@@ -301,15 +301,6 @@ def gauge_fix(model: nn.Module, params: Mapping[str, torch.Tensor], example_inpu
     return canonicalize_scale(spec, p, **canon_kwargs)
 
 
-def _example_input(data) -> torch.Tensor:
-    if hasattr(data, "tensors"):
-        return data.tensors[0][:2]
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor) \
-            and isinstance(data[1], torch.Tensor) and len(data[0]) == len(data[1]):
-        return data[0][:2]
-    return data[0][0][:2]
-
-
 def raw_and_gauge_fixed(measure, model, params, data, gauge_fixed: bool, spec, mask,
                         canon_kwargs):
     """``measure(params)``, or with ``gauge_fixed`` :class:`GaugeFixed` of ``measure`` at
@@ -317,6 +308,6 @@ def raw_and_gauge_fixed(measure, model, params, data, gauge_fixed: bool, spec, m
     if not gauge_fixed:
         return measure(params)
     raw = measure(params)
-    fixed_params = gauge_fix(model, params, _example_input(data), spec=spec, mask=mask,
-                             **(canon_kwargs or {}))
+    fixed_params = gauge_fix(model, params, as_data(data).example_inputs(2), spec=spec,
+                             mask=mask, **(canon_kwargs or {}))
     return GaugeFixed(raw=raw, gauge_fixed=measure(fixed_params))

@@ -15,18 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gauge.errors import one_line
 from tickets.errors import TicketsError
 
 __all__ = ["is_factory_spec", "split_factory_spec", "load_factory", "one_line"]
-
-
-def one_line(exc: BaseException, limit: int = 200) -> str:
-    """``Type: first line of the message``, at most ``limit`` characters."""
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    if isinstance(exc, SyntaxError) and exc.lineno:
-        first = f"{exc.msg} (line {exc.lineno})"
-    return f"{type(exc).__name__}: {first}"[:limit]
 
 
 def is_factory_spec(spec: str) -> bool:

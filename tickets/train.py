@@ -4,11 +4,21 @@
 never mutated) and returns a :class:`TrainResult` with the final params, the params at the
 iterations asked for in ``checkpoints_at`` and the evaluation curve.
 
-Determinism: the data order of epoch ``e`` is ``randperm(n)`` from a generator seeded with
-``(data_seed, e)``, so starting at iteration ``k`` (``start_iter=k``) replays exactly the batches
-an uninterrupted run would have seen from ``k`` on, and the learning-rate schedule is evaluated
-at the absolute iteration. Optimiser state starts fresh at ``start_iter`` as in OpenLTH's
-rewinding. ``seed`` seeds any randomness inside the model (dropout) in a forked RNG.
+Data: ``data`` holds ``train``/``test`` splits (a :class:`~tickets.data.DataSplits`, a
+``{"train": ..., "test": ...}`` mapping) or is one data object serving as both; each is data
+in any form :mod:`gauge.batches` accepts, with ``loss_fn``/``error_fn``/``logits_fn`` as there
+(default: cross-entropy and top-1 error; the causal language-model loss for next-token
+``labels``).
+
+Determinism: for map-style data (tensors, datasets) the order of epoch ``e`` is ``randperm(n)``
+from a generator seeded with ``(data_seed, e)``, batched by ``cfg.batch_size``, so starting at
+iteration ``k`` (``start_iter=k``) replays exactly the batches an uninterrupted run would have
+seen from ``k`` on, and the learning-rate schedule is evaluated at the absolute iteration. A
+stream (a ``DataLoader``, a list of batches) keeps its own batches and order: an epoch is one
+pass over it, ``cfg.batch_size`` and ``data_seed`` do not apply, and a resumed run replays the
+same batches only if the stream's order is fixed. Optimiser state starts fresh at
+``start_iter`` as in OpenLTH's rewinding. ``seed`` seeds any randomness inside the model
+(dropout) in a forked RNG.
 
 Masks (Frankle & Carbin 2019): pruned weights are zeroed on entry and re-zeroed after every
 optimiser step (one fused multiply per step), with no mask multiply in the forward pass. Every
@@ -23,6 +33,7 @@ moment, and ``sqrt(0)`` is several times slower than ``sqrt(x)`` on CPU: +25 % e
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, replace
@@ -31,8 +42,9 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from tickets.data import DataSplits
-from tickets.errors import ConfigError
+from gauge.batches import Data, as_data, batch_loss, forward, logits_of, pick_split
+from gauge.objective import loss_totals
+from tickets.errors import ConfigError, DataError
 from tickets.prune import check_mask
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "default_config", "batch_order"]
@@ -197,27 +209,23 @@ def batch_order(n: int, data_seed: int, epoch: int) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, *, batch_size: int = 1000, device="cpu",
-             params: Mapping[str, torch.Tensor] | None = None) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` (eval mode) on ``dataset``.
+             params: Mapping[str, torch.Tensor] | None = None, loss_fn=None, error_fn=None,
+             logits_fn=None) -> tuple[float, float]:
+    """Mean loss and accuracy (1 - mean error) of ``model`` (eval mode) on ``dataset``, data
+    in any form of :mod:`gauge.batches` (:func:`gauge.objective.mean_loss`).
 
     With ``params`` the forward pass uses them via ``torch.func.functional_call``.
     """
-    x_all, y_all = dataset.tensors
+    data = as_data(dataset)
     was_training = model.training
     model.eval()
-    total_loss, correct = 0.0, 0
     try:
-        for i in range(0, len(y_all), batch_size):
-            x = x_all[i:i + batch_size].to(device, non_blocking=True)
-            y = y_all[i:i + batch_size].to(device, non_blocking=True)
-            out = (torch.func.functional_call(model, dict(params), (x,)) if params is not None
-                   else model(x))
-            total_loss += float(nn.functional.cross_entropy(out, y, reduction="sum"))
-            correct += int((out.argmax(1) == y).sum())
+        total, wrong, n = loss_totals(model, params, data.batches(batch_size, device), loss_fn,
+                                      error_fn=error_fn, logits_fn=logits_fn, name=data.name)
     finally:
         model.train(was_training)
-    n = max(1, len(y_all))
-    return total_loss / n, correct / n
+    n = max(1, n)
+    return total / n, (n - wrong) / n
 
 
 def _make_optimizer(cfg: TrainConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
@@ -255,20 +263,45 @@ def _apply_mask(named: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tens
     return masked
 
 
-def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *, seed: int, data_seed: int,
+def _train_test(data, device) -> tuple[Data, Data]:
+    """The training data (tensors moved to ``device`` once) and the evaluation data."""
+    train_split, train_name = pick_split(data, "train")
+    if train_split is None:
+        raise ConfigError("data has no 'train' split to train on")
+    test_split, test_name = pick_split(data, "test")
+    train_data = as_data(train_split, train_name).to(device)
+    test_data = as_data(test_split, test_name) if test_split is not None else train_data
+    return train_data, test_data
+
+
+def _epoch_length(train_data: Data, cfg: TrainConfig) -> int:
+    """Examples per epoch as the schedule counts them: for a stream of ``m`` batches,
+    ``m * cfg.batch_size``, so that ``cfg.iters_per_epoch`` is ``m``."""
+    if train_data.map_style:
+        return train_data.n
+    stream = train_data.stream
+    m = len(stream) if hasattr(stream, "__len__") else sum(1 for _ in stream)
+    return m * cfg.batch_size
+
+
+def train(model: nn.Module, data, cfg: TrainConfig, *, seed: int, data_seed: int,
           mask: Mapping[str, torch.Tensor] | None = None, start_iter: int = 0,
           checkpoints_at: Iterable[int] = (), callback: Callable[[dict], None] | None = None,
           device: str | torch.device = "cpu", progress: bool = False,
-          desc: str = "train") -> TrainResult:
+          desc: str = "train", loss_fn=None, error_fn=None, logits_fn=None) -> TrainResult:
     """Train a copy of ``model`` from iteration ``start_iter`` to ``cfg.total_iters``.
 
+    ``data``: train/test splits or one data object (see the module docstring).
     ``checkpoints_at``: absolute iterations at which to keep a copy of the params (iteration
     ``k`` means "after k steps"; ``start_iter`` itself is allowed). ``callback`` receives each
     evaluation row. ``mask``: bool tensors keyed by param name; masked entries stay exactly 0.
+    ``loss_fn(logits, targets)`` is minimised (default: cross-entropy), ``error_fn`` gives the
+    reported accuracy ``1 - error``, ``logits_fn`` picks the logits from the model's outputs.
     Training stops early, with ``nonfinite=True``, if the loss becomes NaN/inf.
     """
     device = torch.device(device)
-    n_train = len(data.train)
+    train_data, test_data = _train_test(data, device)
+    n_train = _epoch_length(train_data, cfg)
     total = cfg.total_iters(n_train)
     wanted = _checked_iters(start_iter, checkpoints_at, total)
     ipe = cfg.iters_per_epoch(n_train)
@@ -282,8 +315,7 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *, seed: int, da
     mask_values = [mf for _, mf in masked]
 
     opt = _make_optimizer(cfg, list(named.values()))
-    x_all, y_all = data.train.tensors
-    x_all, y_all = x_all.to(device), y_all.to(device)
+    order_device = train_data.device or torch.device("cpu")  # where the examples are indexed
 
     def snapshot() -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -298,10 +330,10 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *, seed: int, da
         bar = tqdm(total=total - start_iter, desc=desc, leave=False, dynamic_ncols=True)
 
     def record(it: int) -> None:
-        test_loss, test_acc = evaluate(model, data.test, batch_size=cfg.eval_batch_size,
-                                       device=device)
-        train_loss, train_acc = evaluate(model, data.train, batch_size=cfg.eval_batch_size,
-                                         device=device)
+        kw = {"batch_size": cfg.eval_batch_size, "device": device, "loss_fn": loss_fn,
+              "error_fn": error_fn, "logits_fn": logits_fn}
+        test_loss, test_acc = evaluate(model, test_data, **kw)
+        train_loss, train_acc = evaluate(model, train_data, **kw)
         row = {"iter": it, "epoch": it / ipe, "train_loss": train_loss, "train_acc": train_acc,
                "test_loss": test_loss, "test_acc": test_acc}
         curve.append(row)
@@ -319,13 +351,24 @@ def train(model: nn.Module, data: DataSplits, cfg: TrainConfig, *, seed: int, da
         while it < total:
             epoch, offset = divmod(it, ipe)
             if epoch != order_epoch:
-                order, order_epoch = batch_order(n_train, data_seed, epoch).to(device), epoch
-            idx = order[offset * cfg.batch_size:(offset + 1) * cfg.batch_size]
+                order_epoch = epoch
+                if train_data.map_style:
+                    order = batch_order(n_train, data_seed, epoch).to(order_device)
+                else:
+                    order = itertools.islice(train_data.batches(device=device), offset, None)
+            if train_data.map_style:
+                idx = order[offset * cfg.batch_size:(offset + 1) * cfg.batch_size]
+                batch = train_data.take(idx).to(device)
+            else:
+                batch = next(order, None)
+                if batch is None:
+                    raise DataError(f"{train_data.name} yielded fewer batches than its "
+                                    f"{ipe} on an earlier pass")
             lr = cfg.lr_at(it, n_train)
             for group in opt.param_groups:
                 group["lr"] = lr
-            out = model(x_all[idx])
-            loss = nn.functional.cross_entropy(out, y_all[idx])
+            out = logits_of(forward(model, batch, name=train_data.name), logits_fn)
+            loss = batch_loss(out, batch, loss_fn, name=train_data.name)
             if not torch.isfinite(loss):
                 nonfinite = True
                 break
