@@ -21,6 +21,7 @@ from torch.overrides import TorchFunctionMode
 
 from gauge.errors import TraceError
 from gauge.spec import Axis, PermutationSpec
+from gauge.symmetry import apply_permutation, apply_rescaling, random_permutation, random_scales
 
 __all__ = ["infer_spec"]
 
@@ -191,6 +192,7 @@ class _Tracer(TorchFunctionMode):
         self.param_labels: dict[str, list[int]] = {}
         self.param_ok: dict[str, bool] = {}
         self.module_stack: list[str] = []
+        self.reduced: list[int] = []  # labels summed over by a permutation-invariant reduction
         self.suppress = 0
         self.hooks = []
         sd = model.state_dict(keep_vars=True)
@@ -442,16 +444,50 @@ class _Tracer(TorchFunctionMode):
         self.set(out, out_labs)
 
     def _reshape(self, labs, in_shape, out_shape) -> list[int]:
+        """Labels of a reshape's output. The shapes are cut into the shortest segments of
+        equal numel (dims of size 1 aside); within a segment each output dim is the product of
+        consecutive input atoms, splitting an atom into factors where needed. A segment that
+        cuts across units (e.g. 8x7 read as 7x8) holds only its own axes fixed."""
+        L = self.L
+        out: list[int | None] = [None] * len(out_shape)
+        ins = [d for d, s in enumerate(in_shape) if s != 1]
+        outs = [d for d, s in enumerate(out_shape) if s != 1]
+        for d, s in enumerate(out_shape):
+            if s == 1:
+                out[d] = L.new(1, fixed=True)
+        p = q = 0
+        try:
+            while p < len(ins) or q < len(outs):
+                seg_in, seg_out = [ins[p]], [outs[q]]
+                n_in, n_out = in_shape[ins[p]], out_shape[outs[q]]
+                p, q = p + 1, q + 1
+                while n_in != n_out:
+                    if n_in < n_out:
+                        seg_in.append(ins[p])
+                        n_in *= in_shape[ins[p]]
+                        p += 1
+                    else:
+                        seg_out.append(outs[q])
+                        n_out *= out_shape[outs[q]]
+                        q += 1
+                res = self._reshape_segment([labs[d] for d in seg_in],
+                                            [out_shape[d] for d in seg_out])
+                for d, lab in zip(seg_out, res):
+                    out[d] = lab
+        except IndexError:  # numel 0: nothing to keep track of
+            for lab in labs:
+                L.fix(lab)
+            return [L.new(t, fixed=True) for t in out_shape]
+        return out
+
+    def _reshape_segment(self, labs, sizes) -> list[int]:
         L = self.L
         atoms = [a for lab in labs for a in L.atoms(lab)]
         seq = [(a, L.size[L.find(a)]) for a in atoms]
         out: list[int] = []
         pos = 0
         try:
-            for t in out_shape:
-                if t == 1:
-                    out.append(L.new(1, fixed=True))
-                    continue
+            for t in sizes:
                 taken, prod = [], 1
                 while prod < t:
                     if pos >= len(seq):
@@ -479,7 +515,7 @@ class _Tracer(TorchFunctionMode):
         except _Unsupported:
             for a in atoms:  # a reshape that cuts across units: keep those axes unpermuted
                 L.fix(a)
-            return [L.new(t, fixed=True) for t in out_shape]
+            return [L.new(t, fixed=True) for t in sizes]
         return out
 
     def _transpose(self, name, args, kwargs, out):
@@ -555,6 +591,7 @@ class _Tracer(TorchFunctionMode):
         dims = _dims(dim, x.dim())
         for d in dims:
             L.mark_bad(labs[d])
+            self.reduced.append(labs[d])
         self.not_ok(x)
         res = []
         for d in range(x.dim()):
@@ -569,6 +606,14 @@ class _Tracer(TorchFunctionMode):
     def _cat(self, name, args, kwargs, out):
         L = self.L
         ts = list(args[0])
+        if name != "stack" and out.dim() != 1:
+            # torch.cat accepts the legacy empty tensor of shape (0,) beside tensors of any
+            # rank (transformers' caches start from one); it contributes nothing
+            ts = [t for t in ts if not (t.dim() == 1 and t.shape[0] == 0)]
+        if len(ts) == 1:
+            self.not_ok(ts[0])
+            self.set(out, self.get(ts[0]))
+            return
         nd = ts[0].dim()
         dim = int(_arg(args, kwargs, 1, "dim", 0))
         if name == "stack":
@@ -673,10 +718,27 @@ def outs_of(out) -> list[torch.Tensor]:
     return _tensors(out)
 
 
+def _as_tuple(example_input) -> tuple:
+    return example_input if isinstance(example_input, tuple) else (example_input,)
+
+
+def _shapes(inputs: tuple) -> str:
+    return ", ".join(str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+                     for t in inputs)
+
+
 def _trace(model: nn.Module, example_input) -> tuple["_Tracer", list[torch.Tensor], nn.Module]:
     """Run a deep copy of ``model`` once under the tracer: ``(tracer, outputs, copy)``."""
-    work = copy.deepcopy(model).eval()
-    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    try:
+        work = copy.deepcopy(model).eval()
+    except Exception as e:
+        raise TraceError(f"cannot infer a permutation spec: {type(model).__name__} cannot be "
+                         f"deep-copied ({type(e).__name__}: {e}); if it carries pruning "
+                         f"reparametrizations (weight_orig/weight_mask), make them permanent with "
+                         f"torch.nn.utils.prune.remove(module, 'weight') first (likewise "
+                         f"torch.nn.utils.parametrize.remove_parametrizations for weight_norm)"
+                         ) from None
+    inputs = _as_tuple(example_input)
     tracer = _Tracer(work)
     try:
         with torch.no_grad(), tracer:
@@ -688,8 +750,9 @@ def _trace(model: nn.Module, example_input) -> tuple["_Tracer", list[torch.Tenso
     except _Unsupported as e:
         raise _cannot_infer(str(e)) from None
     except Exception as e:  # the model itself failed on the example input
-        raise TraceError(f"running {type(model).__name__} on the example input failed in module "
-                         f"{tracer.where()}: {type(e).__name__}: {e}; check the input shape or "
+        raise TraceError(f"running {type(model).__name__} on the example input "
+                         f"(shape {_shapes(inputs)}) failed in module {tracer.where()}: "
+                         f"{type(e).__name__}: {e}; check the input shape or "
                          f"pass a spec by hand with PermutationSpec.from_axes") from None
     finally:
         for h in tracer.hooks:
@@ -715,16 +778,19 @@ def _fix_unpermutable(tracer: "_Tracer", outputs: list[torch.Tensor]) -> None:
                     changed = True
         if not changed:
             break
-    # An axis tied to nothing else is either unused or used by an op we did not see tie it:
-    # never permute it alone.
-    count: dict[int, int] = {}
-    for labs in tracer.param_labels.values():
+    # A group is permuted only if it is provably free: used by a layer other than the one
+    # producing it (weight and bias of one module count once), or summed over by a
+    # permutation-invariant reduction. An axis used by no op the tracer saw tie it (an unused
+    # layer, a consumer lost to an unknown op) is never permuted alone.
+    modules: dict[int, set[str]] = {}
+    for name, labs in tracer.param_labels.items():
         for lab in labs:
             for a in L.atoms(lab):
                 if L.is_free(a):
-                    count[L.find(a)] = count.get(L.find(a), 0) + 1
-    for root, c in count.items():
-        if c < 2:
+                    modules.setdefault(L.find(a), set()).add(name.rpartition(".")[0])
+    reduced = {L.find(a) for lab in tracer.reduced for a in L.atoms(lab)}
+    for root, mods in modules.items():
+        if len(mods) < 2 and root not in reduced:
             L.fix(root)
 
 
@@ -762,7 +828,48 @@ def _group_axes(tracer: "_Tracer"):
     return axes, layouts, names, root_members
 
 
-def infer_spec(model: nn.Module, example_input) -> PermutationSpec:
+def _relative_change(ref: list[torch.Tensor], out: list[torch.Tensor]) -> float:
+    """Largest ``||out - ref|| / ||ref||`` over the floating output tensors."""
+    worst = 0.0
+    for a, b in zip(ref, out):
+        if a.dtype.is_floating_point and a.shape == b.shape and a.numel():
+            a64, b64 = a.double(), b.double()
+            worst = max(worst, float((b64 - a64).norm() / a64.norm().clamp_min(1e-30)))
+    return worst
+
+
+def _verify(spec: PermutationSpec, work: nn.Module, inputs: tuple, seed: int,
+            tol: float) -> None:
+    """Raise :class:`TraceError` unless one random permutation (and one random rescaling of the
+    rescalable groups) of ``spec`` leaves ``work``'s outputs on ``inputs`` unchanged, naming the
+    first group that changes them on its own."""
+    params = work.state_dict()
+    perm = random_permutation(spec, seed)
+    scales = random_scales(spec, seed + 1)
+
+    def change(groups) -> float:
+        p = apply_permutation(spec, {g: perm[g] for g in groups}, params)
+        p = apply_rescaling(spec, {g: scales[g] for g in groups if g in scales}, p)
+        with torch.no_grad():
+            out = _tensors(torch.func.functional_call(work, p, inputs))
+        return _relative_change(ref, out)
+
+    with torch.no_grad():
+        ref = _tensors(torch.func.functional_call(work, dict(params), inputs))
+    err = change(spec.groups)
+    if err <= tol:
+        return
+    culprit = next(((g, e) for g in spec.groups if (e := change([g])) > tol), None)
+    what = (f"group {culprit[0]!r} ({', '.join(f'{k}[{ax}]' for k, ax in spec.perm_to_axes[culprit[0]][:6])}"
+            f"{', ...' if len(spec.perm_to_axes[culprit[0]]) > 6 else ''}) changes them by "
+            f"{culprit[1]:.3g}" if culprit else "no single group does; their combination does")
+    raise TraceError(f"the inferred permutation spec of {type(work).__name__} changes its "
+                     f"function (relative output change {err:.3g} > {tol:g}): {what}; some op is "
+                     f"traced wrongly: pass a spec by hand with PermutationSpec.from_axes")
+
+
+def infer_spec(model: nn.Module, example_input, *, check: bool = True, seed: int = 0,
+               tol: float = 1e-4) -> PermutationSpec:
     """Infer the permutation spec of ``model`` by running it once on ``example_input``.
 
     ``example_input`` is a batch (a tensor, or a tuple of tensors passed positionally). The
@@ -773,7 +880,14 @@ def infer_spec(model: nn.Module, example_input) -> PermutationSpec:
     embedding and :class:`torch.nn.MultiheadAttention` (heads permuted as blocks, dims within a
     head held fixed). The network's input and output axes are never permuted.
 
-    Raises :class:`TraceError` for an op it cannot explain (naming op and module).
+    With ``check`` (the default) the spec verifies itself before it is returned: one random
+    permutation (drawn from ``seed``) and one random rescaling of the rescalable groups must
+    leave the outputs on ``example_input`` unchanged up to ``tol`` (relative L2 change per output
+    tensor). Turn it off only for models too large to run three times.
+
+    Raises :class:`TraceError` for an op it cannot explain (naming op and module), for a model
+    that cannot be deep-copied or run on ``example_input``, and for a spec that fails the check
+    (naming the group).
     """
     tracer, outputs, work = _trace(model, example_input)
     _fix_unpermutable(tracer, outputs)
@@ -788,5 +902,8 @@ def infer_spec(model: nn.Module, example_input) -> PermutationSpec:
             rescalable.append(names[root])
     sizes = {names[r]: L.size[r] for r in root_members}
     sd_shapes = {k: tuple(v.shape) for k, v in work.state_dict().items()}
-    return PermutationSpec.from_axes(axes, sd_shapes, sizes=sizes, layouts=layouts,
+    spec = PermutationSpec.from_axes(axes, sd_shapes, sizes=sizes, layouts=layouts,
                                      rescalable=rescalable)
+    if check:
+        _verify(spec, work, _as_tuple(example_input), seed, tol)
+    return spec

@@ -22,6 +22,8 @@ balanced point where every unit's incoming and outgoing norms are equal.
 
 from __future__ import annotations
 
+import copy
+from collections import OrderedDict
 from typing import Mapping
 
 import torch
@@ -99,7 +101,18 @@ def apply_permutation(spec: PermutationSpec, perm: Mapping[str, torch.Tensor],
                 cache[key] = expand_index(perm[g].to(t.device), spec.layout(k, ax))
             t = t.index_select(ax, cache[key])
         out[k] = t
-    return out
+    return _like(params, out)
+
+
+def _like(params: Mapping[str, torch.Tensor], out: dict[str, torch.Tensor]) -> dict:
+    """``out`` carrying ``params``' ``_metadata`` (the module versions a ``state_dict`` records,
+    which ``load_state_dict`` passes to ``_load_from_state_dict``), if it has any."""
+    meta = getattr(params, "_metadata", None)
+    if meta is None:
+        return out
+    res = OrderedDict(out)
+    res._metadata = copy.deepcopy(meta)
+    return res
 
 
 def invert(perm: Mapping[str, torch.Tensor]) -> Permutation:
@@ -159,7 +172,7 @@ def apply_rescaling(spec: PermutationSpec, scales: Mapping[str, torch.Tensor],
             if factor is not None:
                 t = (t.to(torch.float64) * factor).to(t.dtype)
         out[k] = t
-    return out
+    return _like(params, out)
 
 
 def _expand_values(v: torch.Tensor, layout: tuple[int, int]) -> torch.Tensor:
