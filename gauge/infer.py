@@ -848,6 +848,12 @@ def _verify(spec: PermutationSpec, work: nn.Module, inputs: tuple, seed: int,
     scales = random_scales(spec, seed + 1)
 
     def change(groups) -> float:
+        groups = set(groups)
+        for g in list(groups):  # a nested group moves with its outer groups
+            while g in spec.blocks and spec.blocks[g][0] is not None:
+                g = spec.blocks[g][0]
+                groups.add(g)
+        groups |= {h for h, (o, _) in spec.blocks.items() if o in groups}
         p = apply_permutation(spec, {g: perm[g] for g in groups}, params)
         p = apply_rescaling(spec, {g: scales[g] for g in groups if g in scales}, p)
         with torch.no_grad():
