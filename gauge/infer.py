@@ -952,7 +952,7 @@ class _Resolver:
 
     def resolve(self) -> dict[str, list]:
         """``param -> [axis desc | None]``, every unit consistent and used by two modules."""
-        L, t = self.L, self.t
+        t = self.t
         while True:
             self.changed = False
             descs = {k: [self.axis(lab) for lab in labs] for k, labs in t.param_labels.items()}
@@ -1109,11 +1109,20 @@ def infer_spec(model: nn.Module, example_input, *, nested: bool = False, check: 
 
     ``example_input`` is a batch (a tensor, or a tuple of tensors passed positionally). The
     model is deep-copied and run in eval mode without gradients, so it is not changed.
-    Supported ops: linear, conv1d/2d/3d (groups 1 or depthwise), batch/instance/layer/group norm,
-    elementwise activations, dropout, pooling, reshapes/flatten/transpose, residual adds and
-    products, reductions, concat (pieces stay unpermuted), matmul, scaled dot-product attention,
-    embedding and :class:`torch.nn.MultiheadAttention` (heads permuted as blocks, dims within a
-    head held fixed). The network's input and output axes are never permuted.
+    Supported ops: linear (and ``addmm``), conv1d/2d/3d (any groups), batch/instance/layer/group
+    norm, elementwise activations, dropout, pooling, reshapes/flatten/transpose, ``expand``,
+    ``pad``/``roll`` of unpermuted axes, residual adds and products, reductions, concatenation
+    and splits (each piece keeps its own group), gathers along one axis, matmul, scaled
+    dot-product attention (grouped-query too), embedding and
+    :class:`torch.nn.MultiheadAttention`. The network's input and output axes are never permuted.
+
+    Heads, grouped convolutions: by default heads (and conv groups) move as whole blocks and
+    the dims inside a head stay in place, so every group is plain. With ``nested=True`` the spec
+    also permutes inside the blocks (nested groups, see :mod:`gauge.spec`): the q/k dims of each
+    head (unless a rotary embedding pairs them; then they stay) and its v/output dims, the query
+    heads sharing one key/value head, and the output channels within a conv group. A conv's
+    input channels stay in place within their group, and with grouped-query attention the v
+    dims stay in place (each would need an index that depends on another axis).
 
     With ``check`` (the default) the spec verifies itself before it is returned: one random
     permutation (drawn from ``seed``) and one random rescaling of the rescalable groups must

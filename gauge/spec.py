@@ -54,10 +54,6 @@ from gauge.errors import SpecError
 __all__ = ["PermutationSpec", "axis_layout", "permuted_fraction"]
 
 Axis = tuple[str, int]
-#: an axis entry: a group, ``None`` (not permuted) or a concatenation of groups and fixed sizes
-Entry = "str | None | tuple[str | int, ...]"
-
-
 def _piece_groups(entry) -> list[str]:
     """The groups named by an axis entry (in order, repeats kept)."""
     if entry is None:
