@@ -19,7 +19,7 @@ from gauge.match import MatchResult, activation_matching, align, weight_matching
 from gauge.objective import GaugeFixed, gauge_fix, weights_only
 from gauge.overlap import (LayerOverlap, OverlapMatrix, OverlapResult, aligned_mask_overlap,
                            chance_jaccard, mask_overlap, overlap_matrix)
-from gauge.spec import PermutationSpec
+from gauge.spec import PermutationSpec, permuted_fraction
 from gauge.symmetry import (Permutation, apply_permutation, apply_rescaling, canonicalize_scale,
                             compose, function_distance, identity_permutation, invert,
                             random_permutation, random_rescaling, random_scales)
@@ -28,7 +28,7 @@ __all__ = ["GaugeError", "MismatchError", "SpecError", "TraceError", "ConnectErr
            "FlatnessError", "FlatnessOptionError", "EmptyParamsError", "NonFiniteLossError",
            "DataError",
            "check_same_keys",
-           "PermutationSpec", "infer_spec",
+           "PermutationSpec", "infer_spec", "permuted_fraction",
            "Permutation", "random_permutation", "identity_permutation", "apply_permutation",
            "invert", "compose", "random_scales", "random_rescaling", "apply_rescaling",
            "canonicalize_scale", "function_distance",

@@ -21,6 +21,7 @@ from torch.overrides import TorchFunctionMode
 
 from gauge.errors import TraceError
 from gauge.spec import Axis, PermutationSpec
+from gauge.symmetry import apply_permutation, apply_rescaling, random_permutation, random_scales
 
 __all__ = ["infer_spec"]
 
@@ -35,9 +36,10 @@ def _cannot_infer(why: str) -> TraceError:
 
 
 class _Labels:
-    """Union-find over axis labels; a label may be factored into an ordered list of labels
-    (a reshape's view of one axis as several); ``fixed`` labels are never permuted and ``bad``
-    labels are not rescalable."""
+    """Union-find over axis labels. A label may be factored into an ordered list of labels (a
+    reshape's view of one axis as several: sizes multiply) or segmented into an ordered list of
+    labels (a concatenation's pieces: sizes add); ``fixed`` labels are never permuted and
+    ``bad`` labels are not rescalable."""
 
     def __init__(self):
         self.parent: list[int] = []
@@ -45,6 +47,7 @@ class _Labels:
         self.fixed: list[bool] = []
         self.bad: list[bool] = []
         self.factors: dict[int, list[int]] = {}
+        self.segments: dict[int, list[int]] = {}
 
     def new(self, size: int, fixed: bool = False) -> int:
         self.parent.append(len(self.parent))
@@ -61,11 +64,14 @@ class _Labels:
             self.parent[x], x = root, self.parent[x]
         return root
 
+    def parts(self, r: int) -> list[int]:
+        return self.factors.get(r, []) + self.segments.get(r, [])
+
     def _spread(self, flags: list[bool], x: int) -> None:
-        """Set ``flags`` on ``x``'s class and, recursively, on its factors."""
+        """Set ``flags`` on ``x``'s class and, recursively, on its factors and segments."""
         r = self.find(x)
         flags[r] = True
-        for f in self.factors.get(r, ()):
+        for f in self.parts(r):
             if not flags[self.find(f)]:
                 self._spread(flags, f)
 
@@ -75,13 +81,37 @@ class _Labels:
     def mark_bad(self, x: int) -> None:
         self._spread(self.bad, x)
 
-    def set_factors(self, x: int, parts: list[int]) -> None:
-        r = self.find(x)
-        self.factors[r] = list(parts)
+    def _settle(self, r: int) -> None:
+        if r in self.factors and r in self.segments:  # viewed as a product and as a sum
+            self.fix(r)
         if self.fixed[r]:
             self.fix(r)
         if self.bad[r]:
             self.mark_bad(r)
+
+    def set_factors(self, x: int, parts: list[int]) -> None:
+        r = self.find(x)
+        self.factors[r] = list(parts)
+        self._settle(r)
+
+    def set_segments(self, x: int, parts: list[int]) -> None:
+        r = self.find(x)
+        self.segments[r] = list(parts)
+        self._settle(r)
+
+    def _merge_parts(self, table, rx, ry) -> None:
+        fx, fy = table.pop(rx, None), table.pop(ry, None)
+        if fx is not None and fy is not None:
+            table[rx] = fx
+            if [self.size[self.find(a)] for a in fx] == [self.size[self.find(b)] for b in fy]:
+                for a, b in zip(fx, fy):
+                    self.union(a, b)
+            else:  # two incompatible views of one axis: keep it whole and unpermuted
+                for a in fx + fy:
+                    self.fix(a)
+                self.fixed[rx] = True
+        elif fx is not None or fy is not None:
+            table[rx] = fx if fx is not None else fy
 
     def union(self, x: int, y: int) -> None:
         rx, ry = self.find(x), self.find(y)
@@ -90,26 +120,15 @@ class _Labels:
         if self.size[rx] != self.size[ry]:
             raise _Unsupported(f"axes of sizes {self.size[rx]} and {self.size[ry]} are tied")
         self.parent[ry] = rx
-        fx, fy = self.factors.pop(rx, None), self.factors.pop(ry, None)
         self.fixed[rx] = self.fixed[rx] or self.fixed[ry]
         self.bad[rx] = self.bad[rx] or self.bad[ry]
-        if fx is not None and fy is not None:
-            self.factors[rx] = fx
-            if [self.size[self.find(a)] for a in fx] == [self.size[self.find(b)] for b in fy]:
-                for a, b in zip(fx, fy):
-                    self.union(a, b)
-            else:  # two incompatible factorings of one axis: keep it whole and unpermuted
-                for a in fx + fy:
-                    self.fix(a)
-                self.fixed[rx] = True
-        elif fx is not None or fy is not None:
-            self.factors[rx] = fx if fx is not None else fy
-        if self.fixed[rx]:
-            self.fix(rx)
-        if self.bad[rx]:
-            self.mark_bad(rx)
+        self._merge_parts(self.factors, rx, ry)
+        self._merge_parts(self.segments, rx, ry)
+        self._settle(rx)
 
     def atoms(self, x: int, depth: int = 0) -> list[int]:
+        """The labels whose sizes multiply to ``x``'s (size-1 ones dropped); a segmented
+        label is an atom."""
         r = self.find(x)
         if self.size[r] == 1:
             return []
@@ -134,6 +153,8 @@ _ELEMENTWISE_OTHER = {
     "tanhshrink", "reciprocal", "sign", "glu_"}
 _BINARY = {"add", "radd", "iadd", "sub", "rsub", "isub", "mul", "rmul", "imul", "div", "truediv",
            "rtruediv", "itruediv", "true_divide", "maximum", "minimum"}
+_CONSTRUCTORS = {"new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "zeros_like",
+                 "ones_like", "full_like", "empty_like", "rand_like", "randn_like"}
 _RESHAPES = {"flatten", "view", "reshape", "unflatten", "view_as", "reshape_as", "squeeze",
              "unsqueeze"}
 _REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "norm", "logsumexp",
@@ -182,8 +203,9 @@ def _dims(d, ndim) -> list[int]:
 class _Tracer(TorchFunctionMode):
     """Runs the model once and labels every tensor axis it sees (see module docstring)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, nested: bool = False):
         super().__init__()
+        self.nested = nested
         self.L = _Labels()
         self.labels: dict[int, list[int]] = {}
         self.keep: list[torch.Tensor] = []  # keeps ids unique while tracing
@@ -191,6 +213,7 @@ class _Tracer(TorchFunctionMode):
         self.param_labels: dict[str, list[int]] = {}
         self.param_ok: dict[str, bool] = {}
         self.module_stack: list[str] = []
+        self.consumed: list[int] = []  # labels summed over invariantly (reductions, contractions)
         self.suppress = 0
         self.hooks = []
         sd = model.state_dict(keep_vars=True)
@@ -272,13 +295,23 @@ class _Tracer(TorchFunctionMode):
             self.bad_all(t)
         heads = self.L.new(mod.num_heads)
         d = mod.head_dim
-        # Heads move as blocks in q, k and v alike; dims inside a head stay fixed (a subgroup of
-        # the full symmetry, so the spec is correct though not maximal).
-        self.L.set_factors(lw[0], [self.L.new(3, fixed=True), heads, self.L.new(d, fixed=True)])
+        if self.nested:  # q, k, v thirds; q/k dims and v dims permute inside each head
+            dqk, dv = self.L.new(d), self.L.new(d)
+            self.consumed.append(dqk)
+            thirds = []
+            for inner in (dqk, dqk, dv):
+                third = self.L.new(mod.num_heads * d)
+                self.L.set_factors(third, [heads, inner])
+                thirds.append(third)
+            self.L.set_segments(lw[0], thirds)
+        else:  # heads move as blocks in q, k and v alike; dims inside a head stay fixed
+            dv = self.L.new(d, fixed=True)
+            self.L.set_factors(lw[0], [self.L.new(3, fixed=True), heads,
+                                       self.L.new(d, fixed=True)])
         if mod.in_proj_bias is not None:
             self.L.union(self.get(mod.in_proj_bias)[0], lw[0])
         lo = self.get(mod.out_proj.weight)
-        self.L.set_factors(lo[1], [heads, self.L.new(d, fixed=True)])
+        self.L.set_factors(lo[1], [heads, dv])
         if mod.out_proj.bias is not None:
             self.L.union(self.get(mod.out_proj.bias)[0], lo[0])
         for t in (W, mod.in_proj_bias, mod.out_proj.weight, mod.out_proj.bias):
@@ -357,6 +390,16 @@ class _Tracer(TorchFunctionMode):
             return self._matmul(args, out)
         if name == "scaled_dot_product_attention":
             return self._sdpa(args, kwargs, out)
+        if name in _CONSTRUCTORS:  # values independent of the input's
+            return self.fixed_like(out)
+        if name == "einsum":
+            return self._einsum(args, out)
+        if name in ("expand", "expand_as", "broadcast_to"):
+            return self._expand(args, out)
+        if name in ("pad", "roll"):
+            return self._shift(name, args, kwargs, out)
+        if name == "addmm":
+            return self._addmm(args, kwargs, out)
         if name == "embedding":
             idx, w = args[0], args[1]
             lw = self.get(w)
@@ -396,15 +439,106 @@ class _Tracer(TorchFunctionMode):
             self.set(t, lead + [self.L.new(s, fixed=True) for s in t.shape[len(lead):]])
 
     def _split(self, args, kwargs, out):
+        """Pieces along ``dim`` are segments of the input axis (the inverse of cat)."""
         x = args[0]
         dim = int(_arg(args, kwargs, 2, "dim", 0)) % x.dim()
         labs = list(self.get(x))
+        outs = outs_of(out)
+        if all(t.dim() == x.dim() for t in outs) and len(outs) > 1:
+            r = self.L.find(labs[dim])
+            have = self.L.segments.get(r)
+            if have is not None and [self.L.size[self.L.find(a)] for a in have] == \
+                    [t.shape[dim] for t in outs]:
+                pieces = have
+            else:
+                pieces = [self.L.new(t.shape[dim]) for t in outs]
+                if r in self.L.segments or r in self.L.factors:
+                    self.L.fix(labs[dim])
+                    pieces = [self.L.new(t.shape[dim], True) for t in outs]
+                else:
+                    self.L.set_segments(labs[dim], pieces)
+            for t, p in zip(outs, pieces):
+                self.set(t, labs[:dim] + [p] + labs[dim + 1:])
+            return
         self.L.fix(labs[dim])
-        for t in outs_of(out):
+        for t in outs:
             if t.dim() == x.dim():
                 self.set(t, labs[:dim] + [self.L.new(t.shape[dim], True)] + labs[dim + 1:])
             else:
                 self.set(t, labs[:dim] + labs[dim + 1:])
+
+    def _expand(self, args, out):
+        """Broadcast axes hold copies: any permutation of them is exact, so they get free
+        labels (tied to whatever they meet)."""
+        x = args[0]
+        labs = self.get(x)
+        lead = out.dim() - x.dim()
+        res = [self.L.new(s) for s in out.shape[:lead]]
+        for d in range(x.dim()):
+            o = lead + d
+            res.append(labs[d] if x.shape[d] == out.shape[o] else self.L.new(out.shape[o]))
+        self.not_ok(x)
+        self.set(out, res)
+
+    def _shift(self, name, args, kwargs, out):
+        """``pad`` and ``roll`` act on positions: fine on unpermuted axes, refused on a permuted
+        one (a zero-padded or rolled unit axis has an order)."""
+        x = args[0]
+        labs = list(self.get(x))
+        if name == "pad":
+            widths = list(_arg(args, kwargs, 1, "pad"))
+            dims = [x.dim() - 1 - i // 2 for i in range(0, len(widths), 2)
+                    if widths[i] or widths[i + 1]]
+        else:
+            dims = _dims(_arg(args, kwargs, 2, "dims"), x.dim())
+        for d in dims:
+            if any(self.L.is_free(a) for a in self.L.atoms(labs[d])):
+                self.L.fix(labs[d])
+                raise _Unsupported(f"op {name!r} on axis {d} (size {x.shape[d]}), which would be "
+                                   f"permuted, ties the units to their positions")
+            if name == "pad":
+                labs[d] = self.L.new(out.shape[d], fixed=True)
+        self.not_ok(x)
+        self.bad_all(x)
+        self.set(out, labs)
+
+    def _einsum(self, args, out):
+        """Axes sharing a letter are tied; letters summed over are consumed invariantly."""
+        L = self.L
+        eq = args[0].replace(" ", "")
+        ops = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) \
+            else list(args[1:])
+        if "..." in eq or "->" not in eq:
+            return self._unknown("einsum", ops, out)
+        lhs, rhs = eq.split("->")
+        letters: dict[str, int] = {}
+        for spec_, t in zip(lhs.split(","), ops):
+            for ch, lab in zip(spec_, self.get(t)):
+                if ch in letters:
+                    if L.size[L.find(letters[ch])] == L.size[L.find(lab)]:
+                        L.union(letters[ch], lab)
+                    else:  # a broadcast letter of size 1 on one side
+                        L.fix(lab)
+                        L.fix(letters[ch])
+                else:
+                    letters[ch] = lab
+            self.not_ok(t)
+        self.bad_all(*ops)
+        for ch, lab in letters.items():
+            if ch not in rhs:
+                self.consumed.append(lab)
+        self.set(out, [letters[ch] for ch in rhs])
+
+    def _addmm(self, args, kwargs, out):
+        """``bias + m1 @ m2`` (transformers' Conv1D)."""
+        L = self.L
+        bias, m1, m2 = args[0], args[1], args[2]
+        l1, l2 = self.get(m1), self.get(m2)
+        L.union(l1[-1], l2[0])
+        lb = self.get(bias)
+        if bias.dim() >= 1 and bias.shape[-1] == out.shape[-1]:
+            L.union(lb[-1], l2[1])
+        self.set(out, [l1[0], l2[1]])
 
     def _binary(self, name, args, out):
         L = self.L
@@ -442,16 +576,50 @@ class _Tracer(TorchFunctionMode):
         self.set(out, out_labs)
 
     def _reshape(self, labs, in_shape, out_shape) -> list[int]:
+        """Labels of a reshape's output. The shapes are cut into the shortest segments of
+        equal numel (dims of size 1 aside); within a segment each output dim is the product of
+        consecutive input atoms, splitting an atom into factors where needed. A segment that
+        cuts across units (e.g. 8x7 read as 7x8) holds only its own axes fixed."""
+        L = self.L
+        out: list[int | None] = [None] * len(out_shape)
+        ins = [d for d, s in enumerate(in_shape) if s != 1]
+        outs = [d for d, s in enumerate(out_shape) if s != 1]
+        for d, s in enumerate(out_shape):
+            if s == 1:
+                out[d] = L.new(1, fixed=True)
+        p = q = 0
+        try:
+            while p < len(ins) or q < len(outs):
+                seg_in, seg_out = [ins[p]], [outs[q]]
+                n_in, n_out = in_shape[ins[p]], out_shape[outs[q]]
+                p, q = p + 1, q + 1
+                while n_in != n_out:
+                    if n_in < n_out:
+                        seg_in.append(ins[p])
+                        n_in *= in_shape[ins[p]]
+                        p += 1
+                    else:
+                        seg_out.append(outs[q])
+                        n_out *= out_shape[outs[q]]
+                        q += 1
+                res = self._reshape_segment([labs[d] for d in seg_in],
+                                            [out_shape[d] for d in seg_out])
+                for d, lab in zip(seg_out, res):
+                    out[d] = lab
+        except IndexError:  # numel 0: nothing to keep track of
+            for lab in labs:
+                L.fix(lab)
+            return [L.new(t, fixed=True) for t in out_shape]
+        return out
+
+    def _reshape_segment(self, labs, sizes) -> list[int]:
         L = self.L
         atoms = [a for lab in labs for a in L.atoms(lab)]
         seq = [(a, L.size[L.find(a)]) for a in atoms]
         out: list[int] = []
         pos = 0
         try:
-            for t in out_shape:
-                if t == 1:
-                    out.append(L.new(1, fixed=True))
-                    continue
+            for t in sizes:
                 taken, prod = [], 1
                 while prod < t:
                     if pos >= len(seq):
@@ -479,7 +647,7 @@ class _Tracer(TorchFunctionMode):
         except _Unsupported:
             for a in atoms:  # a reshape that cuts across units: keep those axes unpermuted
                 L.fix(a)
-            return [L.new(t, fixed=True) for t in out_shape]
+            return [L.new(t, fixed=True) for t in sizes]
         return out
 
     def _transpose(self, name, args, kwargs, out):
@@ -530,12 +698,20 @@ class _Tracer(TorchFunctionMode):
             L.fix(lab)
         if groups == 1:
             L.union(lx[c], lw[1])
-        elif groups == x.shape[c] == w.shape[0]:  # depthwise: channel c maps to channel c
-            L.union(lx[c], lw[0])
-            self.bad_all(x, w)
         else:
-            L.fix(lx[c])
-            L.fix(lw[0])
+            # conv group g maps input block g to output block g: the groups permute as whole
+            # blocks (one label shared by both sides), output channels permute freely within
+            # their block; input channels stay in place within their block (the weight would
+            # need a different input permutation per output block)
+            blocks = L.new(groups)
+            inner_in = L.new(x.shape[c] // groups, fixed=True)
+            inner_out = L.new(w.shape[0] // groups)
+            for lab, parts in ((lx[c], [blocks, inner_in]), (lw[0], [blocks, inner_out])):
+                view = L.new(L.size[L.find(lab)])
+                L.set_factors(view, parts)
+                L.union(lab, view)
+            L.fix(lw[1])
+            self.bad_all(x, w)
         if b is not None:
             L.union(self.get(b)[0], lw[0])
         lead = lx[:c]
@@ -555,6 +731,7 @@ class _Tracer(TorchFunctionMode):
         dims = _dims(dim, x.dim())
         for d in dims:
             L.mark_bad(labs[d])
+            self.consumed.append(labs[d])
         self.not_ok(x)
         res = []
         for d in range(x.dim()):
@@ -569,6 +746,14 @@ class _Tracer(TorchFunctionMode):
     def _cat(self, name, args, kwargs, out):
         L = self.L
         ts = list(args[0])
+        if name != "stack" and out.dim() != 1:
+            # torch.cat accepts the legacy empty tensor of shape (0,) beside tensors of any
+            # rank (transformers' caches start from one); it contributes nothing
+            ts = [t for t in ts if not (t.dim() == 1 and t.shape[0] == 0)]
+        if len(ts) == 1:
+            self.not_ok(ts[0])
+            self.set(out, self.get(ts[0]))
+            return
         nd = ts[0].dim()
         dim = int(_arg(args, kwargs, 1, "dim", 0))
         if name == "stack":
@@ -583,11 +768,13 @@ class _Tracer(TorchFunctionMode):
         base = list(self.get(ts[0]))
         for t in ts:
             labs = self.get(t)
-            L.fix(labs[dim])  # units from different pieces must not mix
             for d in range(nd):
                 if d != dim:
                     L.union(base[d], labs[d])
-        base[dim] = L.new(out.shape[dim], fixed=True)
+        # each piece keeps its own units: the output axis is the sum of the pieces' axes
+        pieces = [self.get(t)[dim] for t in ts if t.shape[dim] > 0]
+        base[dim] = L.new(out.shape[dim])
+        L.set_segments(base[dim], pieces)
         self.set(out, base)
 
     def _getitem(self, args, out):
@@ -596,6 +783,16 @@ class _Tracer(TorchFunctionMode):
         if not isinstance(idx, tuple):
             idx = (idx,)
         labs = self.get(x)
+        tensor_at = [j for j, i in enumerate(idx) if isinstance(i, (torch.Tensor, list))]
+        if len(tensor_at) == 1 and all(isinstance(i, slice) and i == slice(None)
+                                       for j, i in enumerate(idx) if j != tensor_at[0]):
+            j = tensor_at[0]  # one gather along axis j: the other axes pass through
+            ind = idx[j] if isinstance(idx[j], torch.Tensor) else torch.tensor(idx[j])
+            if not ind.dtype == torch.bool and out.dim() == x.dim() - 1 + ind.dim():
+                L.fix(labs[j])
+                self.not_ok(x)
+                self.set(out, labs[:j] + [L.new(s, True) for s in ind.shape] + labs[j + 1:])
+                return
         if any(isinstance(i, torch.Tensor) or isinstance(i, (list,)) for i in idx):
             for lab in labs:
                 L.fix(lab)
@@ -636,6 +833,7 @@ class _Tracer(TorchFunctionMode):
             return self._unknown("matmul", [a, b], out)
         la, lb = self.get(a), self.get(b)
         L.union(la[-1], lb[-2])
+        self.consumed.append(la[-1])
         self.bad_all(a, b)
         batch = []
         nd = out.dim()
@@ -657,10 +855,18 @@ class _Tracer(TorchFunctionMode):
         q, k, v = args[0], args[1], args[2]
         lq, lk, lv = self.get(q), self.get(k), self.get(v)
         L.union(lq[-1], lk[-1])
+        self.consumed.append(lq[-1])
         L.union(lk[-2], lv[-2])
         for i in range(q.dim() - 2):
-            L.union(lq[i], lk[i])
-            L.union(lq[i], lv[i])
+            L.union(lk[i], lv[i])
+            if q.shape[i] != k.shape[i] and k.shape[i] and q.shape[i] % k.shape[i] == 0:
+                # grouped-query attention: kv head j serves the query heads j*r .. j*r + r-1,
+                # which may permute among themselves
+                view = L.new(q.shape[i])
+                L.set_factors(view, [lk[i], L.new(q.shape[i] // k.shape[i])])
+                L.union(lq[i], view)
+            else:
+                L.union(lq[i], lk[i])
         mask = _arg(args, kwargs, 3, "attn_mask")
         if isinstance(mask, torch.Tensor):
             for lab in self.get(mask):
@@ -673,11 +879,29 @@ def outs_of(out) -> list[torch.Tensor]:
     return _tensors(out)
 
 
-def _trace(model: nn.Module, example_input) -> tuple["_Tracer", list[torch.Tensor], nn.Module]:
+def _as_tuple(example_input) -> tuple:
+    return example_input if isinstance(example_input, tuple) else (example_input,)
+
+
+def _shapes(inputs: tuple) -> str:
+    return ", ".join(str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+                     for t in inputs)
+
+
+def _trace(model: nn.Module, example_input, nested: bool = False
+           ) -> tuple["_Tracer", list[torch.Tensor], nn.Module]:
     """Run a deep copy of ``model`` once under the tracer: ``(tracer, outputs, copy)``."""
-    work = copy.deepcopy(model).eval()
-    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-    tracer = _Tracer(work)
+    try:
+        work = copy.deepcopy(model).eval()
+    except Exception as e:
+        raise TraceError(f"cannot infer a permutation spec: {type(model).__name__} cannot be "
+                         f"deep-copied ({type(e).__name__}: {e}); if it carries pruning "
+                         f"reparametrizations (weight_orig/weight_mask), make them permanent with "
+                         f"torch.nn.utils.prune.remove(module, 'weight') first (likewise "
+                         f"torch.nn.utils.parametrize.remove_parametrizations for weight_norm)"
+                         ) from None
+    inputs = _as_tuple(example_input)
+    tracer = _Tracer(work, nested)
     try:
         with torch.no_grad(), tracer:
             for t in _tensors(inputs):
@@ -688,8 +912,9 @@ def _trace(model: nn.Module, example_input) -> tuple["_Tracer", list[torch.Tenso
     except _Unsupported as e:
         raise _cannot_infer(str(e)) from None
     except Exception as e:  # the model itself failed on the example input
-        raise TraceError(f"running {type(model).__name__} on the example input failed in module "
-                         f"{tracer.where()}: {type(e).__name__}: {e}; check the input shape or "
+        raise TraceError(f"running {type(model).__name__} on the example input "
+                         f"(shape {_shapes(inputs)}) failed in module {tracer.where()}: "
+                         f"{type(e).__name__}: {e}; check the input shape or "
                          f"pass a spec by hand with PermutationSpec.from_axes") from None
     finally:
         for h in tracer.hooks:
@@ -697,96 +922,270 @@ def _trace(model: nn.Module, example_input) -> tuple["_Tracer", list[torch.Tenso
     return tracer, _tensors(out), work
 
 
-def _fix_unpermutable(tracer: "_Tracer", outputs: list[torch.Tensor]) -> None:
-    """Hold fixed the output axes, all but the first free factor of each param axis, and every
-    axis tied to no other axis."""
-    L = tracer.L
-    for t in outputs:
-        for lab in tracer.get(t):
+class _Resolver:
+    """Turns the traced labels into spec entries. Each param axis resolves to its atoms: at
+    most one live unit (a free atom, an adjacent pair of free atoms read as blocks of units, or
+    a concatenation whose pieces are such units or fixed); atoms it cannot represent are held
+    fixed and the resolution repeats until nothing changes."""
+
+    def __init__(self, tracer: "_Tracer", nested: bool):
+        self.t, self.L, self.nested = tracer, tracer.L, nested
+        self.nest: dict[int, int] = {}  # inner root -> outer root, fixed once seen
+
+    def _unit(self, atoms: list[int], i: int):
+        """Resolve live atom ``i`` of ``atoms`` (and its inner neighbour): (desc, last index)."""
+        L = self.L
+        a = atoms[i]
+        r = L.find(a)
+        if r in L.segments:
+            return ("c", [self._piece(p) for p in L.segments[r]]), i
+        if self.nested and i + 1 < len(atoms) and L.is_free(atoms[i + 1]) and \
+                L.find(atoms[i + 1]) not in L.segments:
+            x = L.find(atoms[i + 1])
+            if self.nest.setdefault(x, r) == r:
+                return ("n", r, x), i + 1
+            L.fix(x)
+            self.changed = True
+        return ("g", r), i
+
+    def _piece(self, lab: int):
+        L = self.L
+        atoms = L.atoms(lab)
+        live = [i for i, a in enumerate(atoms) if L.is_free(a)]
+        size = L.size[L.find(lab)]
+        if not live:
+            return ("f", size)
+        desc, last = self._unit(atoms, live[0])
+        covered = math.prod(L.size[L.find(a)] for a in atoms[live[0]:last + 1])
+        if desc[0] == "c" or covered != size:  # a piece with its own layout: keep it fixed
             L.fix(lab)
-    # Resolve each param axis to at most one free factor; extra free factors are held fixed.
-    while True:
-        changed = False
-        for name, labs in tracer.param_labels.items():
-            for lab in labs:
-                free = [a for a in L.atoms(lab) if L.is_free(a)]
-                for a in free[1:]:
-                    L.fix(a)
-                    changed = True
-        if not changed:
-            break
-    # An axis tied to nothing else is either unused or used by an op we did not see tie it:
-    # never permute it alone.
-    count: dict[int, int] = {}
-    for labs in tracer.param_labels.values():
-        for lab in labs:
-            for a in L.atoms(lab):
-                if L.is_free(a):
-                    count[L.find(a)] = count.get(L.find(a), 0) + 1
-    for root, c in count.items():
-        if c < 2:
-            L.fix(root)
+            self.changed = True
+            return ("f", size)
+        return desc
+
+    def axis(self, lab: int):
+        """``(desc, repeat, block)`` of a param axis, or None if nothing on it moves."""
+        L = self.L
+        atoms = L.atoms(lab)
+        live = [i for i, a in enumerate(atoms) if L.is_free(a)]
+        if not live:
+            return None
+        desc, last = self._unit(atoms, live[0])
+        for i in live:
+            if i > last:
+                L.fix(atoms[i])
+                self.changed = True
+        if desc[0] == "c" and all(p[0] == "f" for p in desc[1]):
+            L.fix(atoms[live[0]])
+            self.changed = True
+            return None
+        r = math.prod(L.size[L.find(a)] for a in atoms[:live[0]])
+        b = math.prod(L.size[L.find(a)] for a in atoms[last + 1:])
+        return desc, r, b
+
+    def resolve(self) -> dict[str, list]:
+        """``param -> [axis desc | None]``, every unit consistent and used by two modules."""
+        t = self.t
+        while True:
+            self.changed = False
+            descs = {k: [self.axis(lab) for lab in labs] for k, labs in t.param_labels.items()}
+            if self.changed:
+                continue
+            self._check_units(descs)
+            if not self.changed:
+                return descs
+
+    def _check_units(self, descs) -> None:
+        """Hold fixed a nested unit seen outside its blocks, and any unit no second module
+        uses (weight and bias of one layer count once) unless an invariant reduction sums it."""
+        L = self.L
+        modules: dict[int, set[str]] = {}
+        alone: set[int] = set()
+        outers: set[int] = set()
+
+        def visit(desc, module):
+            if desc[0] == "c":
+                for p in desc[1]:
+                    visit(p, module)
+            elif desc[0] == "g":
+                modules.setdefault(desc[1], set()).add(module)
+                alone.add(desc[1])
+            elif desc[0] == "n":
+                modules.setdefault(desc[2], set()).add(module)
+                outers.add(desc[1])
+        for k, ds in descs.items():
+            for d in ds:
+                if d is not None:
+                    visit(d[0], k.rpartition(".")[0])
+        for x in list(modules):
+            if x in alone and x in self.nest:
+                L.fix(x)
+                self.changed = True
+        consumed = {L.find(a) for lab in self.t.consumed for a in L.atoms(lab)}
+        for root, mods in modules.items():
+            if len(mods) < 2 and root not in consumed and root not in outers:
+                L.fix(root)
+                self.changed = True
 
 
-def _group_axes(tracer: "_Tracer"):
-    """Name each free root after the first param on it: ``(axes, layouts, names,
-    root_members)`` for :meth:`PermutationSpec.from_axes`."""
+def _spec_entries(tracer: "_Tracer", descs):
+    """Name the groups (after the first param using them) and write the ``from_axes``
+    arguments: ``(axes, layouts, sizes, blocks, members)``."""
     L = tracer.L
     names: dict[int, str] = {}
+    sizes: dict[str, int] = {}
+    blocks: dict[str, tuple] = {}
+    members: dict[str, list[Axis]] = {}
+
+    def name_of(root, base, suffix=""):
+        if root not in names:
+            cand, n = base + suffix, 2
+            while cand in names.values():
+                cand, n = f"{base}{suffix}#{n}", n + 1
+            names[root] = cand
+        return names[root]
+
+    def entry(desc, base):
+        if desc[0] == "f":
+            return desc[1]
+        if desc[0] == "g":
+            g = name_of(desc[1], base)
+            sizes[g] = L.size[desc[1]]
+            return g
+        if desc[0] == "n":
+            _, o, x = desc
+            outer = name_of(o, base, ":blocks") if L.is_free(o) else None
+            if outer is not None:
+                sizes[outer] = L.size[o]
+            g = name_of(x, base)
+            sizes[g] = L.size[o] * L.size[x]
+            blocks[g] = (outer, L.size[x])
+            return g
+        return tuple(entry(p, base) for p in desc[1])
+
     axes: dict[str, tuple] = {}
     layouts: dict[Axis, tuple[int, int]] = {}
-    root_members: dict[int, list[Axis]] = {}
-    for name, labs in tracer.param_labels.items():
-        groups = []
-        for ax, lab in enumerate(labs):
-            atoms = L.atoms(lab)
-            free = [i for i, a in enumerate(atoms) if L.is_free(a)]
-            if not free:
-                groups.append(None)
+    for k, ds in descs.items():
+        base = k.rsplit(".", 1)[0] if "." in k else k
+        row = []
+        for ax, d in enumerate(ds):
+            if d is None:
+                row.append(None)
                 continue
-            i = free[0]
-            root = L.find(atoms[i])
-            if root not in names:
-                base = name.rsplit(".", 1)[0] if "." in name else name
-                cand, n = base, 2
-                while cand in names.values():
-                    cand, n = f"{base}#{n}", n + 1
-                names[root] = cand
-            r = math.prod(L.size[L.find(a)] for a in atoms[:i])
-            b = math.prod(L.size[L.find(a)] for a in atoms[i + 1:])
+            desc, r, b = d
+            e = entry(desc, base)
             if (r, b) != (1, 1):
-                layouts[(name, ax)] = (r, b)
-            root_members.setdefault(root, []).append((name, ax))
-            groups.append(names[root])
-        axes[name] = tuple(groups)
-    return axes, layouts, names, root_members
+                layouts[(k, ax)] = (r, b)
+            row.append(e)
+            for g in ([e] if isinstance(e, str) else [p for p in e if isinstance(p, str)]):
+                members.setdefault(g, []).append((k, ax))
+        axes[k] = tuple(row)
+    return axes, layouts, sizes, blocks, members, names
 
 
-def infer_spec(model: nn.Module, example_input) -> PermutationSpec:
+def _relative_change(ref: list[torch.Tensor], out: list[torch.Tensor]) -> float:
+    """Largest ``||out - ref|| / ||ref||`` over the floating output tensors."""
+    worst = 0.0
+    for a, b in zip(ref, out):
+        if a.dtype.is_floating_point and a.shape == b.shape and a.numel():
+            a64, b64 = a.double(), b.double()
+            worst = max(worst, float((b64 - a64).norm() / a64.norm().clamp_min(1e-30)))
+    return worst
+
+
+def _verify(spec: PermutationSpec, work: nn.Module, inputs: tuple, seed: int,
+            tol: float) -> None:
+    """Raise :class:`TraceError` unless one random permutation (and one random rescaling of the
+    rescalable groups) of ``spec`` leaves ``work``'s outputs on ``inputs`` unchanged, naming the
+    first group that changes them on its own."""
+    params = work.state_dict()
+    seen: set[int] = set()
+    once = []  # tied tensors (a shared embedding and LM head) go to functional_call once
+    for k, v in work.state_dict(keep_vars=True).items():
+        if id(v) not in seen:
+            seen.add(id(v))
+            once.append(k)
+    perm = random_permutation(spec, seed)
+    scales = random_scales(spec, seed + 1)
+
+    def change(groups) -> float:
+        groups = set(groups)
+        for g in list(groups):  # a nested group moves with its outer groups
+            while g in spec.blocks and spec.blocks[g][0] is not None:
+                g = spec.blocks[g][0]
+                groups.add(g)
+        groups |= {h for h, (o, _) in spec.blocks.items() if o in groups}
+        p = apply_permutation(spec, {g: perm[g] for g in groups}, params)
+        p = apply_rescaling(spec, {g: scales[g] for g in groups if g in scales}, p)
+        p = {k: p[k] for k in once}
+        with torch.no_grad():
+            out = _tensors(torch.func.functional_call(work, p, inputs))
+        return _relative_change(ref, out)
+
+    with torch.no_grad():
+        ref = _tensors(torch.func.functional_call(work, {k: params[k] for k in once}, inputs))
+    err = change(spec.groups)
+    if err <= tol:  # NaN fails too
+        return
+    culprit = next(((g, e) for g in spec.groups if not (e := change([g])) <= tol), None)
+    what = (f"group {culprit[0]!r} ({', '.join(f'{k}[{ax}]' for k, ax in spec.perm_to_axes[culprit[0]][:6])}"
+            f"{', ...' if len(spec.perm_to_axes[culprit[0]]) > 6 else ''}) changes them by "
+            f"{culprit[1]:.3g}" if culprit else "no single group does; their combination does")
+    raise TraceError(f"the inferred permutation spec of {type(work).__name__} changes its "
+                     f"function (relative output change {err:.3g} > {tol:g}): {what}; some op is "
+                     f"traced wrongly: pass a spec by hand with PermutationSpec.from_axes")
+
+
+def infer_spec(model: nn.Module, example_input, *, nested: bool = False, check: bool = True,
+               seed: int = 0, tol: float = 1e-4) -> PermutationSpec:
     """Infer the permutation spec of ``model`` by running it once on ``example_input``.
 
     ``example_input`` is a batch (a tensor, or a tuple of tensors passed positionally). The
     model is deep-copied and run in eval mode without gradients, so it is not changed.
-    Supported ops: linear, conv1d/2d/3d (groups 1 or depthwise), batch/instance/layer/group norm,
-    elementwise activations, dropout, pooling, reshapes/flatten/transpose, residual adds and
-    products, reductions, concat (pieces stay unpermuted), matmul, scaled dot-product attention,
-    embedding and :class:`torch.nn.MultiheadAttention` (heads permuted as blocks, dims within a
-    head held fixed). The network's input and output axes are never permuted.
+    Supported ops: linear (and ``addmm``), conv1d/2d/3d (any groups), batch/instance/layer/group
+    norm, elementwise activations, dropout, pooling, reshapes/flatten/transpose, ``expand``,
+    ``pad``/``roll`` of unpermuted axes, residual adds and products, reductions, concatenation
+    and splits (each piece keeps its own group), gathers along one axis, matmul, scaled
+    dot-product attention (grouped-query too), embedding and
+    :class:`torch.nn.MultiheadAttention`. The network's input and output axes are never permuted.
 
-    Raises :class:`TraceError` for an op it cannot explain (naming op and module).
+    Heads, grouped convolutions: by default heads (and conv groups) move as whole blocks and
+    the dims inside a head stay in place, so every group is plain. With ``nested=True`` the spec
+    also permutes inside the blocks (nested groups, see :mod:`gauge.spec`): the q/k dims of each
+    head (unless a rotary embedding pairs them; then they stay) and its v/output dims, the query
+    heads sharing one key/value head, and the output channels within a conv group. A conv's
+    input channels stay in place within their group, and with grouped-query attention the v
+    dims stay in place (each would need an index that depends on another axis).
+
+    With ``check`` (the default) the spec verifies itself before it is returned: one random
+    permutation (drawn from ``seed``) and one random rescaling of the rescalable groups must
+    leave the outputs on ``example_input`` unchanged up to ``tol`` (relative L2 change per output
+    tensor). Turn it off only for models too large to run three times.
+
+    Raises :class:`TraceError` for an op it cannot explain (naming op and module), for a model
+    that cannot be deep-copied or run on ``example_input``, and for a spec that fails the check
+    (naming the group).
     """
-    tracer, outputs, work = _trace(model, example_input)
-    _fix_unpermutable(tracer, outputs)
-    axes, layouts, names, root_members = _group_axes(tracer)
+    tracer, outputs, work = _trace(model, example_input, nested)
     L = tracer.L
+    for t in outputs:
+        for lab in tracer.get(t):
+            L.fix(lab)
+    descs = _Resolver(tracer, nested).resolve()
+    axes, layouts, sizes, blocks, members, names = _spec_entries(tracer, descs)
+    roots = {g: r for r, g in names.items()}
     rescalable = []
-    for root, members in root_members.items():
-        if L.bad[root]:
+    for g, ms in members.items():
+        if g in blocks or L.bad[L.find(roots[g])] or \
+                any(isinstance(axes[k][ax], tuple) for k, ax in ms):
             continue
-        if all(tracer.param_ok[k] for k, _ in members) and \
-                any(ax == 0 for _, ax in members) and any(ax > 0 for _, ax in members):
-            rescalable.append(names[root])
-    sizes = {names[r]: L.size[r] for r in root_members}
+        if all(tracer.param_ok[k] for k, _ in ms) and \
+                any(ax == 0 for _, ax in ms) and any(ax > 0 for _, ax in ms):
+            rescalable.append(g)
+    rescalable = [g for g in rescalable if not any(o == g for o, _ in blocks.values())]
     sd_shapes = {k: tuple(v.shape) for k, v in work.state_dict().items()}
-    return PermutationSpec.from_axes(axes, sd_shapes, sizes=sizes, layouts=layouts,
-                                     rescalable=rescalable)
+    spec = PermutationSpec.from_axes(axes, sd_shapes, sizes=sizes, layouts=layouts,
+                                     rescalable=rescalable, blocks=blocks)
+    if check:
+        _verify(spec, work, _as_tuple(example_input), seed, tol)
+    return spec

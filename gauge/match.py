@@ -365,6 +365,9 @@ def weight_matching(spec: PermutationSpec, params_a: Mapping[str, torch.Tensor],
     pa = {k: v.to(device) for k, v in params_a.items()}
     pb = {k: v.to(device) for k, v in params_b.items()}
     rng = np.random.default_rng(seed)
+    if not spec.is_plain:
+        return _weight_matching_nested(spec, pa, pb, max_iter=max_iter, rng=rng, init=init,
+                                       dtype=dtype, t0=t0)
     terms, const, const_numel, fixed, before = _build_terms(spec, pa, pb, dtype)
     scratch: dict = {}
     best = None
@@ -404,6 +407,8 @@ def _consumers(model: nn.Module, spec: PermutationSpec):
     fallback: dict[str, list] = {g: [] for g in spec.groups}
     for g in spec.groups:
         for k, ax in spec.perm_to_axes[g]:
+            if isinstance(spec.axes[k][ax], tuple):  # a concatenated axis: not one group's
+                continue
             mname, _, pname = k.rpartition(".")
             mod = modules.get(mname)
             if pname != "weight" or not isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd)):
@@ -445,6 +450,9 @@ def activation_matching(model: nn.Module, spec: PermutationSpec,
     device = torch.device(device) if device is not None else data.device or torch.device("cpu")
     moments = _feature_moments(model, spec, params_a, params_b, data, batch_size, device)
     perm, per_group, before, after = _match_correlations(spec, moments, eps)
+    if not spec.is_plain:  # nested groups: one joint solve per family of the correlations
+        perm = _solve_families(spec, {g: _correlation(moments[g], eps).numpy()
+                                      for g in spec.groups if g in moments})
     return MatchResult(perm=perm, method="activation",
                        objective_before=float(np.mean(before)) if before else 0.0,
                        objective_after=float(np.mean(after)) if after else 0.0,
@@ -515,11 +523,7 @@ def _match_correlations(spec, stats_acc, eps):
             perm[g] = torch.arange(n)
             per_group[g] = {"size": n, "skipped": True, "fixed_points": n}
             continue
-        m = acc["n"]
-        ma, mb = acc["sa"] / m, acc["sb"] / m
-        va = (acc["saa"] / m - ma.pow(2)).clamp_min(0).sqrt()
-        vb = (acc["sbb"] / m - mb.pow(2)).clamp_min(0).sqrt()
-        corr = ((acc["sab"] / m - torch.outer(ma, mb)) / (torch.outer(va, vb) + eps)).cpu()
+        corr = _correlation(acc, eps)
         p = torch.from_numpy(_lap(corr.numpy()))
         perm[g] = p
         rows = torch.arange(n)
@@ -529,6 +533,194 @@ def _match_correlations(spec, stats_acc, eps):
         per_group[g] = {"size": n, "skipped": False, "corr_before": cb, "corr_after": ca,
                         "fixed_points": int((p == rows).sum())}
     return perm, per_group, before, after
+
+
+def _correlation(acc, eps) -> torch.Tensor:
+    """Pearson correlation matrix of A's and B's features from their streamed moments."""
+    m = acc["n"]
+    ma, mb = acc["sa"] / m, acc["sb"] / m
+    va = (acc["saa"] / m - ma.pow(2)).clamp_min(0).sqrt()
+    vb = (acc["sbb"] / m - mb.pow(2)).clamp_min(0).sqrt()
+    return ((acc["sab"] / m - torch.outer(ma, mb)) / (torch.outer(va, vb) + eps)).cpu()
+
+
+# --------------------------------------------------------------------------------------------
+# Nested groups and concatenated axes
+#
+# A nested group g (blocks of c units moved by the outer group o) and everything nested in o
+# form one *family*, solved jointly: with the linear cost C_h of every group h of the family,
+# the value of sending A's block a to B's block b is the best within-block assignment,
+# V_h[a, b] = max_pi sum_i C_h[a c + i, b c + pi(i)] (one LAP per block pair), so the outer
+# permutation is the LAP over C_o + sum_h V_h and each block's units then take the
+# within-block LAP of the block pair chosen. This is the exact maximiser of the family's
+# linear objective over the wreath product; deeper nesting recurses.
+
+
+def _family_root(spec, g) -> str:
+    while g in spec.blocks and spec.blocks[g][0] is not None:
+        g = spec.blocks[g][0]
+    return g
+
+
+def _children(spec) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {g: [] for g in spec.groups}
+    for h, (o, _) in spec.blocks.items():
+        if o is not None:
+            out[o].append(h)
+    return out
+
+
+def _lap_value(c: np.ndarray) -> tuple[float, np.ndarray]:
+    p = _lap(c)
+    return float(c[np.arange(len(p)), p].sum()), p
+
+
+def _unit_costs(spec, g, costs, children) -> np.ndarray:
+    """``C_g`` plus, per unit pair, the best assignment value of the groups nested in g."""
+    n = spec.sizes[g]
+    total = np.array(costs[g], dtype=np.float64) if g in costs else np.zeros((n, n))
+    for h in children[g]:
+        c = spec.blocks[h][1]
+        u = _unit_costs(spec, h, costs, children)
+        if c == 1:
+            total = total + u
+            continue
+        for a in range(n):
+            for b in range(n):
+                total[a, b] += _lap_value(u[a * c:(a + 1) * c, b * c:(b + 1) * c])[0]
+    return total
+
+
+def _assign(spec, g, costs, children, perm, outer=None) -> None:
+    """Solve group g (its block assignment ``outer`` given, if nested) and its children into
+    ``perm``."""
+    u = _unit_costs(spec, g, costs, children)
+    if g not in spec.blocks:
+        p = _lap(u)
+    else:
+        c = spec.blocks[g][1]
+        nb = spec.sizes[g] // c
+        outer = np.arange(nb) if outer is None else outer
+        p = np.empty(spec.sizes[g], dtype=np.int64)
+        for a in range(nb):
+            b = int(outer[a])
+            p[a * c:(a + 1) * c] = b * c + _lap(u[a * c:(a + 1) * c, b * c:(b + 1) * c])
+    perm[g] = torch.from_numpy(p)
+    for h in children[g]:
+        _assign(spec, h, costs, children, perm, outer=p)
+
+
+def _solve_families(spec, costs: Mapping[str, np.ndarray]) -> Permutation:
+    """The joint maximiser of ``sum_g sum_i costs[g][i, perm_g(i)]`` over every family (groups
+    missing from ``costs`` contribute nothing)."""
+    children = _children(spec)
+    perm: Permutation = {}
+    for g in spec.groups:
+        if g not in spec.blocks:
+            _assign(spec, g, costs, children, perm)
+        elif spec.blocks[g][0] is None:
+            _assign(spec, g, costs, children, perm)
+    return perm
+
+
+def _member_slices(spec, k, ax, g, t):
+    """``(n, rest)`` matrices of ``t`` for each occurrence of group g on ``k``'s axis."""
+    r, b = spec.layout(k, ax)
+    pieces = spec.entry_pieces(k, ax)
+    total = sum(n for _, _, n in pieces)
+    x = t.movedim(ax, 0).reshape(r, total, b, -1)
+    return [x[:, off:off + n].permute(1, 0, 2, 3).reshape(n, -1)
+            for h, off, n in pieces if h == g]
+
+
+def _group_cost(spec, g, members, pa, pb_cur, dtype) -> np.ndarray:
+    """``C_g[i, j] = sum <A unit i, B unit j>`` over the given member axes of g, B's other axes
+    as in ``pb_cur``."""
+    n = spec.sizes[g]
+    c = torch.zeros(n, n, dtype=torch.float64)
+    for k, ax in members:
+        if k not in pa or not pa[k].dtype.is_floating_point or pa[k].numel() == 0:
+            continue
+        for xa, xb in zip(_member_slices(spec, k, ax, g, pa[k].to(dtype)),
+                          _member_slices(spec, k, ax, g, pb_cur[k].to(dtype))):
+            c += (xa @ xb.T).to(torch.float64).cpu()
+    return c.numpy()
+
+
+def _weight_matching_nested(spec, pa, pb, *, max_iter, rng, init, dtype, t0) -> MatchResult:
+    """Weight matching for specs with nested groups or concatenated axes: coordinate ascent
+    over families (see above), starting progressively from the families whose members' other
+    axes are unpermuted or solved (as :class:`_Descent` does for plain groups)."""
+    from gauge.symmetry import permute_unchecked
+
+    children = _children(spec)
+    roots = [g for g in spec.groups if _family_root(spec, g) == g]
+    family = {r: [] for r in roots}
+    for g in spec.groups:
+        family[_family_root(spec, g)].append(g)
+    perm = dict(identity_permutation(spec))
+    if init is not None:
+        perm.update({g: p.long().cpu() for g, p in init.items()})
+    stats = {g: {"size": spec.sizes[g], "solves": 0} for g in spec.groups}
+    before = matching_objective(pa, pb)
+
+    def others(k, groups):
+        return {h for ax in range(len(spec.axes[k])) for h, _, _ in spec.entry_pieces(k, ax)
+                if h is not None} - set(groups)
+
+    def solve(root, usable=None) -> bool:
+        groups = family[root]
+        held = {h: p for h, p in perm.items() if h not in groups}
+        pb_cur = permute_unchecked(spec, held, pb)
+        costs = {}
+        for g in groups:
+            keep = [(k, ax) for k, ax in spec.perm_to_axes[g]
+                    if usable is None or others(k, groups) <= usable]
+            costs[g] = _group_cost(spec, g, keep, pa, pb_cur, dtype)
+            stats[g]["solves"] += 1
+        new = {}
+        for g in groups:
+            if g not in spec.blocks:
+                _assign(spec, g, costs, children, new)
+
+        def value(p):
+            return sum(float(costs[g][np.arange(spec.sizes[g]), p[g].numpy()].sum())
+                       for g in groups)
+        old_val, new_val = value(perm), value(new)
+        if usable is not None or new_val > old_val + 1e-9 * max(1.0, abs(old_val)):
+            changed = any(not torch.equal(new[g], perm[g]) for g in groups)
+            perm.update(new)
+            return changed
+        return False
+
+    if init is None:  # progressive start
+        solved: set[str] = set()
+        remaining = list(roots)
+        while remaining:
+            def ready(r):
+                members = [(k, ax) for g in family[r] for k, ax in spec.perm_to_axes[g]]
+                tot = sum(pa[k].numel() for k, _ in members) or 1
+                return sum(pa[k].numel() for k, _ in members
+                           if others(k, family[r]) <= solved) / tot
+            r = max(remaining, key=ready)
+            solve(r, usable=solved if ready(r) > 0 else set(spec.groups))
+            solved |= set(family[r])
+            remaining.remove(r)
+    sweeps, converged = 0, False
+    while sweeps < max_iter:
+        sweeps += 1
+        improved = False
+        for i in rng.permutation(len(roots)):
+            improved |= solve(roots[i])
+        if not improved:
+            converged = True
+            break
+    after = matching_objective(pa, permute_unchecked(spec, perm, pb))
+    for g, p in perm.items():
+        stats[g]["fixed_points"] = int((p == torch.arange(len(p))).sum())
+    return MatchResult(perm=perm, method="weight", objective_before=before,
+                       objective_after=after, iterations=sweeps, per_group=stats,
+                       time=time.perf_counter() - t0, converged=converged, restarts=1)
 
 
 def align(model: nn.Module | None, spec: PermutationSpec, params_a: Mapping[str, torch.Tensor],

@@ -22,6 +22,8 @@ balanced point where every unit's incoming and outgoing norms are equal.
 
 from __future__ import annotations
 
+import copy
+from collections import OrderedDict
 from typing import Mapping
 
 import torch
@@ -31,7 +33,7 @@ from gauge.errors import SpecError, check_same_keys
 from gauge.spec import PermutationSpec
 
 __all__ = ["Permutation", "random_permutation", "identity_permutation", "apply_permutation",
-           "invert", "compose", "expand_index", "random_scales", "random_rescaling",
+           "invert", "compose", "expand_index", "axis_index", "random_scales", "random_rescaling",
            "apply_rescaling", "canonicalize_scale", "function_distance", "check_permutation"]
 
 #: ``group -> LongTensor`` of that group's size.
@@ -50,6 +52,31 @@ def expand_index(perm: torch.Tensor, layout: tuple[int, int] = (1, 1)) -> torch.
     return idx.reshape(-1)
 
 
+def axis_index(spec: PermutationSpec, perm: Mapping[str, torch.Tensor], name: str, axis: int,
+               device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """The gather index of ``name``'s ``axis`` under ``perm``: each piece of a concatenated axis
+    is re-indexed within its own block, then the axis layout expands units to entries. None when
+    no piece of the axis moves."""
+    pieces = spec.entry_pieces(name, axis)
+    if not any(g is not None and g in perm for g, _, _ in pieces):
+        return None
+    parts = [perm[g].to(device) + off if g is not None and g in perm
+             else torch.arange(off, off + n, device=device) for g, off, n in pieces]
+    idx = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return expand_index(idx, spec.layout(name, axis))
+
+
+def _block_map(spec: PermutationSpec, g: str, p: torch.Tensor) -> torch.Tensor | None:
+    """The block permutation ``p`` induces on nested group ``g``, or None if ``p`` splits a
+    block."""
+    c = spec.blocks[g][1]
+    q = p.view(-1, c)
+    head = q[:, :1] // c
+    if not bool((q // c == head).all()):
+        return None
+    return head.reshape(-1)
+
+
 def check_permutation(spec: PermutationSpec, perm: Mapping[str, torch.Tensor],
                       source: str = "perm") -> None:
     """Raise :class:`SpecError` unless ``perm`` maps groups of ``spec`` to permutations of the
@@ -65,12 +92,35 @@ def check_permutation(spec: PermutationSpec, perm: Mapping[str, torch.Tensor],
             raise SpecError(f"{source}: group {g!r} is not an integer tensor ({p.dtype})")
         if not torch.equal(torch.sort(p.cpu()).values, torch.arange(n)):
             raise SpecError(f"{source}: group {g!r} is not a permutation of 0..{n - 1}")
+    for g, (o, c) in spec.blocks.items():
+        if g not in perm:
+            if o is not None and o in perm and not torch.equal(
+                    perm[o].cpu(), torch.arange(spec.sizes[o])):
+                raise SpecError(f"{source}: group {o!r} moves the blocks of group {g!r}, "
+                                f"which has no permutation")
+            continue
+        blocks = _block_map(spec, g, perm[g].cpu())
+        want = torch.arange(spec.sizes[g] // c) if o is None or o not in perm else perm[o].cpu()
+        if blocks is None or not torch.equal(blocks, want):
+            raise SpecError(f"{source}: group {g!r} must move whole blocks of {c} units "
+                            f"{'in place' if o is None else f'as group {o!r} does'}")
 
 
 def random_permutation(spec: PermutationSpec, seed: int) -> Permutation:
-    """A uniformly random element of the spec's permutation group, drawn from ``seed``."""
+    """A uniformly random element of the spec's permutation group, drawn from ``seed``: for a
+    nested group, its outer group's permutation moves the blocks and each block gets its own
+    uniform permutation of its units."""
     gen = torch.Generator().manual_seed(int(seed))
-    return {g: torch.randperm(n, generator=gen) for g, n in spec.sizes.items()}
+    out: Permutation = {}
+    for g, n in spec.sizes.items():  # outer groups come first
+        if g not in spec.blocks:
+            out[g] = torch.randperm(n, generator=gen)
+            continue
+        o, c = spec.blocks[g]
+        outer = out[o] if o is not None else torch.arange(n // c)
+        inner = torch.argsort(torch.rand(n // c, c, generator=gen), dim=1)
+        out[g] = (outer.view(-1, 1) * c + inner).reshape(-1)
+    return out
 
 
 def identity_permutation(spec: PermutationSpec) -> Permutation:
@@ -88,18 +138,37 @@ def apply_permutation(spec: PermutationSpec, perm: Mapping[str, torch.Tensor],
     """
     check_permutation(spec, perm)
     spec.check_params(params)
+    return _like(params, permute_unchecked(spec, perm, params))
+
+
+def permute_unchecked(spec: PermutationSpec, perm: Mapping[str, torch.Tensor],
+                      params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """:func:`apply_permutation` without its checks, for callers that permute by a partial
+    assignment (a matcher holding one group at the identity)."""
     out: dict[str, torch.Tensor] = {}
     cache: dict[tuple, torch.Tensor] = {}
     for k, t in params.items():
         for ax, g in enumerate(spec.axes[k]):
-            if g is None or g not in perm:
+            if g is None:
                 continue
             key = (g, spec.layout(k, ax), t.device)
             if key not in cache:
-                cache[key] = expand_index(perm[g].to(t.device), spec.layout(k, ax))
-            t = t.index_select(ax, cache[key])
+                cache[key] = axis_index(spec, perm, k, ax, t.device)
+            if cache[key] is not None:
+                t = t.index_select(ax, cache[key])
         out[k] = t
     return out
+
+
+def _like(params: Mapping[str, torch.Tensor], out: dict[str, torch.Tensor]) -> dict:
+    """``out`` carrying ``params``' ``_metadata`` (the module versions a ``state_dict`` records,
+    which ``load_state_dict`` passes to ``_load_from_state_dict``), if it has any."""
+    meta = getattr(params, "_metadata", None)
+    if meta is None:
+        return out
+    res = OrderedDict(out)
+    res._metadata = copy.deepcopy(meta)
+    return res
 
 
 def invert(perm: Mapping[str, torch.Tensor]) -> Permutation:
@@ -148,7 +217,7 @@ def apply_rescaling(spec: PermutationSpec, scales: Mapping[str, torch.Tensor],
         if t.dtype.is_floating_point:
             factor = None
             for ax, g in enumerate(spec.axes[k]):
-                if g is None or g not in scales:
+                if g is None or g not in scales:  # rescalable groups are never concatenated
                     continue
                 s = _expand_values(scales[g].to(t.device, torch.float64), spec.layout(k, ax))
                 s = s if ax == 0 else 1.0 / s
@@ -159,7 +228,7 @@ def apply_rescaling(spec: PermutationSpec, scales: Mapping[str, torch.Tensor],
             if factor is not None:
                 t = (t.to(torch.float64) * factor).to(t.dtype)
         out[k] = t
-    return out
+    return _like(params, out)
 
 
 def _expand_values(v: torch.Tensor, layout: tuple[int, int]) -> torch.Tensor:
