@@ -41,3 +41,16 @@ from gauge.overlap import (LayerOverlap, OverlapMatrix, OverlapResult,  # noqa: 
 __all__ += ["ConnectError", "PathResult", "barriers", "interpolate", "linear_path",
             "LayerOverlap", "OverlapMatrix", "OverlapResult", "aligned_mask_overlap",
             "chance_jaccard", "mask_overlap", "overlap_matrix"]
+
+from gauge.connect import evaluate_path  # noqa: E402
+from gauge.many import (ManyAlignment, CycleConsistency, align_many, pairwise_matchings,  # noqa: E402
+                        cycle_consistency)
+from gauge.quotient import QuotientDistance, quotient_distance  # noqa: E402
+from gauge.consensus import Consensus, ConsensusLayer, consensus, poisson_binomial  # noqa: E402
+from gauge.merge import MergeResult, average, evaluate_merge  # noqa: E402
+from gauge.curve import CurveResult, curve_path, curve_point  # noqa: E402
+
+__all__ += ["evaluate_path", "ManyAlignment", "CycleConsistency", "align_many",
+            "pairwise_matchings", "cycle_consistency", "QuotientDistance", "quotient_distance",
+            "Consensus", "ConsensusLayer", "consensus", "poisson_binomial", "MergeResult",
+            "average", "evaluate_merge", "CurveResult", "curve_path", "curve_point"]

@@ -40,14 +40,14 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from gauge.errors import ConnectError, MismatchError
 
-__all__ = ["interpolate", "linear_path", "PathResult", "barriers", "BN_MODES"]
+__all__ = ["interpolate", "linear_path", "evaluate_path", "PathResult", "barriers", "BN_MODES"]
 
 #: What ``linear_path`` does with normalisation statistics along the path.
 BN_MODES = ("none", "reset", "repair")
@@ -324,14 +324,31 @@ def _fresh_bn_buffers(bns: dict[str, nn.Module], params: dict[str, torch.Tensor]
                 params[prefix + key] = init(params[prefix + key])
 
 
-@torch.no_grad()
 def linear_path(model: nn.Module, params_a: Mapping[str, torch.Tensor],
                 params_b: Mapping[str, torch.Tensor], data, *, n_points: int = 25,
                 alphas: Sequence[float] | None = None, split: str = "test", bn: str = "reset",
                 batch_size: int = 1000, train_metrics: bool = False,
                 stats_samples: int | None = None, device: str | torch.device = "cpu"
                 ) -> PathResult:
-    """Loss and error of ``theta(alpha)`` on ``data.<split>`` for ``alpha`` on a grid.
+    """Loss, error and barriers along the straight line ``theta(alpha)`` from A to B:
+    :func:`evaluate_path` with ``point=interpolate`` (see there for the arguments)."""
+    return evaluate_path(model, params_a, params_b, data, point=interpolate, n_points=n_points,
+                         alphas=alphas, split=split, bn=bn, batch_size=batch_size,
+                         train_metrics=train_metrics, stats_samples=stats_samples,
+                         device=device)
+
+
+@torch.no_grad()
+def evaluate_path(model: nn.Module, params_a: Mapping[str, torch.Tensor],
+                  params_b: Mapping[str, torch.Tensor], data, *,
+                  point: Callable[[dict, dict, float], dict] = interpolate, n_points: int = 25,
+                  alphas: Sequence[float] | None = None, split: str = "test", bn: str = "reset",
+                  batch_size: int = 1000, train_metrics: bool = False,
+                  stats_samples: int | None = None, device: str | torch.device = "cpu"
+                  ) -> PathResult:
+    """Loss and error of ``theta(alpha) = point(params_a, params_b, alpha)`` on
+    ``data.<split>`` for ``alpha`` on a grid (the endpoints are passed on ``device``; ``point``
+    must give A at 0 and B at 1: the barriers are measured against them).
 
     ``model`` only provides the forward pass (it is copied once, never modified). ``data`` has
     ``train``/``test`` attributes or keys, each a ``TensorDataset`` or an ``(x, y)`` pair;
@@ -425,7 +442,7 @@ def linear_path(model: nn.Module, params_a: Mapping[str, torch.Tensor],
                 n_stats += 1
         loss, error, tr_loss, tr_error = [], [], [], []
         for alpha in grid:
-            params = interpolate(pa, pb, alpha)
+            params = point(pa, pb, alpha)
             if needs_stats:
                 _fresh_bn_buffers(bns, params)
                 if repair is not None:
