@@ -20,14 +20,18 @@ COMMANDS = {
     "flatness": "Hessian spectrum, trace, sharpness and landscapes, raw and gauge-fixed",
     "report": "build the HTML report (figures + results.json) from existing IMP run directories",
     "demo": "run the whole study on embedded MNIST-1D and write a report",
+    "align-many": "align N checkpoints into one basis (MergeMany / C2M3) and measure cycle consistency",
+    "merge": "merge N checkpoints: align them into one basis, average, measure vs the endpoints",
+    "curve": "nonlinear mode connectivity: train a Bezier/polychain curve between two checkpoints",
+    "quotient": "raw, permutation-only and gauge quotient (permutation + rescaling) distance of two checkpoints",
 }
 
 
 def _load(name: str):
     try:
-        return importlib.import_module(f"analyses.{name}")
+        return importlib.import_module(f"analyses.{name.replace('-', '_')}")
     except ModuleNotFoundError as e:
-        if e.name == f"analyses.{name}":
+        if e.name == f"analyses.{name.replace('-', '_')}":
             return None  # subcommand not part of this build
         raise
 
@@ -55,6 +59,7 @@ def run_command(module, argv=None) -> int:
     """Entry point of ``python -m analyses.<name>``."""
     spec = getattr(module, "__spec__", None)
     name = (spec.name if spec is not None else module.__name__).rsplit(".", 1)[-1]
+    name = name.replace("_", "-")  # module align_many is command align-many
     return main([name, *(sys.argv[1:] if argv is None else argv)])
 
 

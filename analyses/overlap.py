@@ -32,6 +32,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--level", type=int, required=True, help="IMP level whose masks to compare")
     parser.add_argument("--align", choices=["weight", "activation"], default=None,
                         help="also compare after permuting each mask into the other's basis")
+    parser.add_argument("--common-basis", action="store_true",
+                        help="keep counts of all masks in one synchronised basis vs chance")
     parser.add_argument("--plot", default=None, metavar="FILE.png",
                         help="heatmaps of the Jaccard matrices (PNG + PDF)")
     add_json_argument(parser)
@@ -200,6 +202,9 @@ def plot(result: OverlapAnalysis, out_dir: Path, *, stem: str | Path | None = No
 
 
 def run(args) -> int:
+    if args.common_basis:
+        from analyses.consensus import run_common_basis
+        return run_common_basis(args)
     if len(args.runs) < 2:
         raise UsageError("give at least two run directories")
     plot_path = ensure_output_path(args.plot, "plot") if args.plot else None
