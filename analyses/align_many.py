@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from analyses.common import (UsageError, add_device_argument, add_json_argument, emit_json,
-                             ensure_output_path, load_checkpoint_for_cli, resolve_device)
+from analyses.common import (UsageError, add_device_argument, add_json_argument,
+                             check_outputs, finish, load_checkpoint_for_cli, resolve_device)
 
 HELP = "align N checkpoints into one basis (MergeMany / C2M3) and measure cycle consistency"
 
@@ -149,9 +149,7 @@ def run(args) -> int:
         raise UsageError(f"--out {out}: is a file, expected a folder")
     if args.max_iter < 1:
         raise UsageError(f"--max-iter must be >= 1, got {args.max_iter}")
-    plot_path = ensure_output_path(args.plot, "plot") if args.plot else None
-    if args.json not in (None, "-"):
-        ensure_output_path(args.json, "JSON")
+    plot_path = check_outputs(args)
     device = resolve_device(args.device)
     result = compute(args.checkpoints, method=args.method, reference=args.reference,
                      max_iter=args.max_iter, seed=args.seed, device=device)
@@ -171,13 +169,9 @@ def run(args) -> int:
     report["files"] = files + [str(out / "perms.json"), str(out / "cycle.json")]
     if plot_path is not None:
         report["figures"] = [str(p) for p in plot(result, plot_path)]
-    if args.json != "-" and not args.quiet:
-        w = max(len(k) for k, _ in summary(result))
-        for k, v in summary(result):
-            print(f"{k:<{w}}  {v}")
-        print(f"wrote {len(files)} aligned checkpoints, perms.json and cycle.json to {out}")
-    emit_json(args.json, report)
-    return 0
+    return finish(args, report, lambda r: summary(r) + [("written", f"{len(files)} aligned "
+                                                        f"checkpoints, perms.json, cycle.json "
+                                                        f"in {out}")])
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from tickets.store import dumps_json, save_json
 
 __all__ = ["UsageError", "USER_ERRORS", "resolve_device", "add_device_argument",
            "add_json_argument", "emit_json", "ensure_output_path", "progress_enabled",
-           "load_checkpoint_for_cli", "OneLineParser"]
+           "load_checkpoint_for_cli", "OneLineParser", "check_outputs", "finish"]
 
 
 class UsageError(Exception):
@@ -91,3 +91,26 @@ def load_checkpoint_for_cli(path: str, *, model_name: str | None = None):
     model = model_from_meta(meta, str(path), model=model_name)
     check_params(model, params, str(path))
     return model, params, meta
+
+
+def check_outputs(args) -> Path | None:
+    """Check ``--plot`` and ``--json`` early (before any work); returns the plot path."""
+    if getattr(args, "json", None) not in (None, "-"):
+        ensure_output_path(args.json, "JSON")
+    plot = getattr(args, "plot", None)
+    return ensure_output_path(plot, "plot") if plot else None
+
+
+def finish(args, result: dict, summary, plot=None, plot_path: Path | None = None) -> int:
+    """The end of a subcommand: draw ``plot(result, plot_path)`` (its files are listed in
+    ``result["figures"]``), print ``summary(result)`` as aligned rows unless ``--json -`` or
+    ``--quiet``, write ``--json``."""
+    if plot is not None and plot_path is not None:
+        result["figures"] = [str(p) for p in plot(result, plot_path)]
+    if getattr(args, "json", None) != "-" and not getattr(args, "quiet", False):
+        rows = summary(result)
+        w = max((len(k) for k, _ in rows), default=0)
+        for k, v in rows:
+            print(f"{k:<{w}}  {v}")
+    emit_json(getattr(args, "json", None), result)
+    return 0

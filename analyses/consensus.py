@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from analyses.common import emit_json, ensure_output_path, resolve_device
+from analyses.common import check_outputs, finish, resolve_device
 
 __all__ = ["compute", "plot", "summary", "run_common_basis"]
 
@@ -101,14 +101,6 @@ def run_common_basis(args) -> int:
     from analyses.common import UsageError
     if len(args.runs) < 2:
         raise UsageError("give at least two run directories")
-    plot_path = ensure_output_path(args.plot, "plot") if args.plot else None
-    if args.json not in (None, "-"):
-        ensure_output_path(args.json, "JSON")
+    plot_path = check_outputs(args)
     result = compute(args.runs, [args.level], device=resolve_device(args.device))
-    if plot_path is not None:
-        result["figures"] = [str(p) for p in plot(result, plot_path)]
-    if args.json != "-" and not args.quiet:
-        for k, v in summary(result):
-            print(f"{k}: {v}")
-    emit_json(args.json, result)
-    return 0
+    return finish(args, result, summary, plot, plot_path)

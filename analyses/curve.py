@@ -17,8 +17,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from analyses.common import (UsageError, add_device_argument, add_json_argument, emit_json,
-                             ensure_output_path, resolve_device)
+from analyses.common import (UsageError, add_device_argument, add_json_argument,
+                             check_outputs, finish, resolve_device)
 
 HELP = "nonlinear mode connectivity: train a Bezier/polychain curve between two checkpoints"
 
@@ -125,22 +125,13 @@ def run(args) -> int:
                          f"use gauge connect), got {args.bends}")
     if args.steps < 0 or args.batch_size < 1 or not args.lr > 0:
         raise UsageError("--steps must be >= 0, --batch-size >= 1 and --lr > 0")
-    plot_path = ensure_output_path(args.plot, "plot") if args.plot else None
-    if args.json not in (None, "-"):
-        ensure_output_path(args.json, "JSON")
+    plot_path = check_outputs(args)
     result = compute(args.a, args.b, align=args.align, kind=args.kind, bends=args.bends,
                      steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                      train_samples=args.train_samples, bn=args.bn, points=args.points,
                      data=args.data, root=args.root, split=args.split, seed=args.seed,
                      device=resolve_device(args.device))
-    if plot_path is not None:
-        result["figures"] = [str(p) for p in plot(result, plot_path)]
-    if args.json != "-" and not args.quiet:
-        w = max(len(k) for k, _ in summary(result))
-        for k, v in summary(result):
-            print(f"{k:<{w}}  {v}")
-    emit_json(args.json, result)
-    return 0
+    return finish(args, result, summary, plot, plot_path)
 
 
 if __name__ == "__main__":

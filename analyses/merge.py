@@ -18,8 +18,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from analyses.common import (UsageError, add_device_argument, add_json_argument, emit_json,
-                             ensure_output_path, resolve_device)
+from analyses.common import (UsageError, add_device_argument, add_json_argument,
+                             check_outputs, ensure_output_path, finish, resolve_device)
 
 HELP = "merge N checkpoints: align them into one basis, average, measure vs the endpoints"
 
@@ -157,9 +157,7 @@ def plot(result: dict, plot_path) -> list[Path]:
 def run(args) -> int:
     from tickets.store import save_checkpoint
     out = ensure_output_path(args.out, "checkpoint")
-    plot_path = ensure_output_path(args.plot, "plot") if args.plot else None
-    if args.json not in (None, "-"):
-        ensure_output_path(args.json, "JSON")
+    plot_path = check_outputs(args)
     if args.consensus is not None and not args.masks:
         raise UsageError("--consensus needs --masks (one mask file per checkpoint)")
     result = compute(args.checkpoints, method=args.method, bn=args.bn, masks=args.masks,
@@ -170,15 +168,8 @@ def run(args) -> int:
     meta["merge"] = {"sources": result["checkpoints"], "method": args.method, "bn": args.bn}
     save_checkpoint(out, result.pop("merged"), meta)
     result["out"] = str(out)
-    if plot_path is not None:
-        result["figures"] = [str(p) for p in plot(result, plot_path)]
-    if args.json != "-" and not args.quiet:
-        w = max(len(k) for k, _ in summary(result))
-        for k, v in summary(result):
-            print(f"{k:<{w}}  {v}")
-        print(f"merged checkpoint -> {out}")
-    emit_json(args.json, result)
-    return 0
+    return finish(args, result, lambda r: summary(r) + [("merged checkpoint", str(out))], plot,
+                  plot_path)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from analyses.common import (UsageError, add_device_argument, add_json_argument, emit_json,
-                             ensure_output_path, resolve_device)
+from analyses.common import (UsageError, add_device_argument, add_json_argument,
+                             check_outputs, finish, resolve_device)
 
 HELP = "raw, permutation-only and gauge quotient (permutation + rescaling) distance of two checkpoints"
 
@@ -87,19 +87,10 @@ def plot(result: dict, plot_path) -> list[Path]:
 def run(args) -> int:
     if args.max_iter < 1:
         raise UsageError(f"--max-iter must be >= 1, got {args.max_iter}")
-    plot_path = ensure_output_path(args.plot, "plot") if args.plot else None
-    if args.json not in (None, "-"):
-        ensure_output_path(args.json, "JSON")
+    plot_path = check_outputs(args)
     result = compute(args.a, args.b, max_iter=args.max_iter, seed=args.seed,
                      device=resolve_device(args.device))
-    if plot_path is not None:
-        result["figures"] = [str(p) for p in plot(result, plot_path)]
-    if args.json != "-" and not args.quiet:
-        w = max(len(k) for k, _ in summary(result))
-        for k, v in summary(result):
-            print(f"{k:<{w}}  {v}")
-    emit_json(args.json, result)
-    return 0
+    return finish(args, result, summary, plot, plot_path)
 
 
 if __name__ == "__main__":

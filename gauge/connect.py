@@ -270,6 +270,16 @@ class _Repair:
         self.sums = {}
         return out
 
+    def fit_affine(self) -> None:
+        """From the statistics just accumulated, the per-channel ``scale * y + shift`` that
+        gives each repair point its target mean and std; switch to applying it."""
+        self.affine = {}
+        for n, (mu, sd) in self.take_stats().items():
+            t_mu, t_sd = self.target[n]
+            scale = t_sd / torch.sqrt(sd * sd + self.eps)
+            self.affine[n] = (scale, t_mu - mu * scale)
+        self.mode = "apply"
+
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
@@ -453,13 +463,7 @@ def evaluate_path(model: nn.Module, params_a: Mapping[str, torch.Tensor],
                 stats_pass(params)
                 n_stats += 1
                 if repair is not None:
-                    measured = repair.take_stats()
-                    repair.affine = {}
-                    for n, (mu, sd) in measured.items():
-                        t_mu, t_sd = repair.target[n]
-                        scale = t_sd / torch.sqrt(sd * sd + repair.eps)
-                        repair.affine[n] = (scale, t_mu - mu * scale)
-                    repair.mode = "apply"
+                    repair.fit_affine()
             l, e = eval_pass(params, eval_x, eval_y)
             n_eval += 1
             loss.append(l)

@@ -196,13 +196,7 @@ def evaluate_merge(model: nn.Module, params_list: Sequence[Mapping[str, torch.Te
             _fresh_bn_buffers(bns, merged)
             stats_pass(merged)
         if repair is not None:
-            measured = repair.take_stats()
-            repair.affine = {}
-            for name, (mu, sd) in measured.items():
-                t_mu, t_sd = repair.target[name]
-                scale = t_sd / torch.sqrt(sd * sd + repair.eps)
-                repair.affine[name] = (scale, t_mu - mu * scale)
-            repair.mode = "apply"
+            repair.fit_affine()
         loss, error = evaluate(merged)
         if repair is not None and not _fold(merged, repair):
             raise ConnectError("REPAIR's correction cannot be folded into the weights (a "
