@@ -116,12 +116,15 @@ def plot(result: dict, plot_path) -> list[Path]:
                                     COLORS["chance"]),
                                    (0.27, "synchronised_cycle_error", "synchronised: cycle error",
                                     COLORS["aligned"])):
-        ax.bar(x + off, [100 * c["per_group"][g][key] for g in groups], width=0.27,
-               label=label, color=color)
+        vals = [100 * c["per_group"][g][key] for g in groups]
+        ax.bar(x + off, vals, width=0.27, label=label, color=color)
+        for xi, v in zip(x, vals):
+            if v == 0:  # a zero bar is invisible: say so
+                ax.text(xi + off, 0.5, "0", ha="center", va="bottom", fontsize=7, color=color)
     ax.set_xticks(x, groups, rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("units (%)")
     ax.set_xlabel("permutation group")
-    ax.set_title(f"cycle consistency, N = {c['n']} ({c['triples']} triples)")
+    ax.set_title(f"cycle consistency, N = {c['n']}\n({c['triples']} triples)", fontsize=9)
     ax.legend(fontsize=7)
     ax = axes[0][1]
     m = 100 * np.array(result["pair_disagreement"])
@@ -136,7 +139,8 @@ def plot(result: dict, plot_path) -> list[Path]:
         for j in range(n):
             ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=6,
                     color="white" if m[i, j] < 0.6 * m.max() else "black")
-    ax.set_title(f"units with Q_ij != P_i^-1 P_j (%), {result['alignment']['method']}")
+    ax.set_title(f"units where pairwise Q_ij differs from\n{result['alignment']['method']} "
+                 r"$P_i^{-1} P_j$ (%)", fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.8, label="units (%)")
     stem = Path(plot_path)
     return save_figure(fig, stem.with_suffix("") if stem.suffix else stem)

@@ -84,6 +84,10 @@ def plot(result: dict, plot_path) -> list[Path]:
                                    (0.2, "aligned", COLORS["aligned"], "common basis")):
         vals = [d[key]["per_layer"][k]["unanimous_ratio"] or 0.0 for k in layers]
         ax.bar(x + off, vals, width=0.4, color=color, label=label)
+        for xi, v in zip(x, vals):
+            if v == 0:  # log axis: a zero count has no bar
+                ax.annotate("0", (xi + off, 1.0), ha="center", va="bottom", fontsize=7,
+                            color=color)
     ax.axhline(1.0, color=COLORS["chance"], ls="--", label="chance")
     ax.set_yscale("log")
     ax.set_xticks(x, [k.replace(".weight", "") for k in layers], rotation=45, ha="right",

@@ -54,14 +54,21 @@ def main() -> None:
     ap.add_argument("--runs", default="runs/beyond")
     ap.add_argument("--figures", default="docs/img/beyond")
     ap.add_argument("--curve-steps", type=int, default=600)
+    ap.add_argument("--replot", action="store_true",
+                    help="only redraw the figures and tables from RUNS/beyond_pairs.json")
     args = ap.parse_args()
+    if args.replot:
+        results = json.loads((Path(args.runs) / "beyond_pairs.json").read_text())
+        for model_name, R in results.items():
+            if "pair_disagreement" not in R:  # JSON of an older version of this script
+                R["alignment"], R["pair_disagreement"] = disagreement(
+                    [Path(args.runs) / f"{model_name}-s{s}" for s in SEEDS])
+        figures(results, Path(args.figures))
+        print_tables(results)
+        return
     import torch
 
-    from analyses.align_many import plot as plot_cycle
     from analyses.connect import example_input
-    from analyses.consensus import plot as plot_consensus
-    from analyses.curve import plot as plot_curve
-    from analyses.figures import COLORS, PALETTE, new_figure, save_figure
     from gauge import (align_many, consensus, curve_path, cycle_consistency, evaluate_merge,
                        infer_spec, linear_path, pairwise_matchings, quotient_distance,
                        weight_matching, apply_permutation)
@@ -98,14 +105,7 @@ def main() -> None:
             R["cycle"][method] = {"time": s.time, "iterations": s.iterations,
                                   "objective": s.objective, "mean_pair_distance": float(
                                       np.mean(dist)), **cc.to_dict()}
-        cc = R["cycle"]["mergemany"]
-        units = sum(spec.sizes.values())
-        disagree = [[0.0] * n for _ in range(n)]
-        for i, j in itertools.permutations(range(n), 2):
-            q, s = pw[(i, j)], syncs["mergemany"].pairwise(i, j)
-            disagree[i][j] = sum(int((q[g] != s[g]).sum()) for g in spec.groups) / units
-        plot_cycle({"cycle": cc, "pair_disagreement": disagree,
-                    "alignment": syncs["mergemany"].to_dict()}, figs / f"cycle_{model_name}")
+        R["alignment"], R["pair_disagreement"] = disagreement(dirs)
 
         # 2. distances
         rows = [quotient_distance(spec, dense[0], dense[j]).to_dict() for j in range(1, n)]
@@ -124,8 +124,7 @@ def main() -> None:
             raw, common = consensus(masks), consensus(sync.aligned(spec, masks))
             cons_levels[str(lv)] = {"density": raw.overall.densities[0], "raw": raw.to_dict(),
                                     "aligned": common.to_dict()}
-            R["consensus"][lv] = cons_levels[str(lv)]
-        plot_consensus({"levels": {"3": cons_levels["3"]}}, figs / f"consensus_{model_name}")
+            R["consensus"][str(lv)] = cons_levels[str(lv)]
 
         # 4. merging
         R["merge"] = {}
@@ -141,7 +140,7 @@ def main() -> None:
                 naive, _ = evaluate_merge(model, params, data, bn=bn, mask=mask_raw)
                 good, _ = evaluate_merge(model, aligned, data, bn=bn, mask=mask_al)
                 row[bn] = {"naive": naive.to_dict(), "aligned": good.to_dict()}
-            R["merge"][lv] = row
+            R["merge"][str(lv)] = row
 
         # 5. curves
         R["curves"] = []
@@ -156,15 +155,46 @@ def main() -> None:
                 res[f"curve_{tag}"] = curve_path(model, dense[i], b, data, steps=args.curve_steps,
                                                  lr=1e-3, n_points=25, seed=i).to_dict()
             R["curves"].append(res)
-            if (i, j) == (0, 1):
-                plot_curve(res, figs / f"curve_{model_name}")
 
-    # merged vs endpoints figure
+    (base / "beyond_pairs.json").write_text(json.dumps(results, indent=1, default=str))
+    figures(results, figs)
+    print_tables(results)
+
+
+def disagreement(dirs) -> tuple[dict, list]:
+    """MergeMany on the dense seeds and the share of units where each pairwise matching
+    differs from it (the matrix of the cycle figure)."""
+    from analyses.connect import example_input
+    from gauge import align_many, infer_spec, pairwise_matchings
+    from tickets import build_run_model, load_level, open_run
+    infos = [open_run(d) for d in dirs]
+    spec = infer_spec(build_run_model(infos[0]), example_input(infos[0].meta))
+    dense = [load_level(r, 0).final for r in infos]
+    pw, sync = pairwise_matchings(spec, dense), align_many(spec, dense, method="mergemany")
+    n, units = len(dense), sum(spec.sizes.values())
+    out = [[0.0] * n for _ in range(n)]
+    for i, j in itertools.permutations(range(n), 2):
+        s = sync.pairwise(i, j)
+        out[i][j] = sum(int((pw[(i, j)][g] != s[g]).sum()) for g in spec.groups) / units
+    return sync.to_dict(), out
+
+
+def figures(results: dict, figs: Path) -> None:
+    from analyses.align_many import plot as plot_cycle
+    from analyses.consensus import plot as plot_consensus
+    from analyses.curve import plot as plot_curve
+    from analyses.figures import COLORS, PALETTE, new_figure, save_figure
+    for model_name, R in results.items():
+        plot_cycle({"cycle": R["cycle"]["mergemany"], "pair_disagreement":
+                    R["pair_disagreement"], "alignment": R["alignment"]},
+                   figs / f"cycle_{model_name}")
+        plot_consensus({"levels": {"3": R["consensus"]["3"]}}, figs / f"consensus_{model_name}")
+        plot_curve(R["curves"][0], figs / f"curve_{model_name}")
     fig, axes = new_figure(len(MODELS), 1, width=3.6, height=2.8)
     for ax, model_name in zip(axes[0], MODELS):
         labels, vals, cols = [], [], []
         for lv, what in ((0, "dense"), (2, "ticket 25%")):
-            m = results[model_name]["merge"][lv]
+            m = results[model_name]["merge"][str(lv)]
             labels += [f"{what}\nendpoints", f"{what}\nnaive", f"{what}\naligned",
                        f"{what}\naligned+REPAIR"]
             vals += [m["reset"]["aligned"]["endpoint_mean_error"],
@@ -176,9 +206,6 @@ def main() -> None:
         ax.set_ylabel("test error (%)")
         ax.set_title(f"{model_name}: merge of 6 seeds")
     save_figure(fig, figs / "merge")
-
-    (base / "beyond_pairs.json").write_text(json.dumps(results, indent=1, default=str))
-    print_tables(results)
 
 
 def print_tables(results: dict) -> None:
