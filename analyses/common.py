@@ -19,7 +19,7 @@ __all__ = ["UsageError", "NotApplicable", "USER_ERRORS", "resolve_device",
            "add_device_argument", "add_json_argument", "add_quiet_argument", "add_plot_argument",
            "add_output_arguments", "emit_json", "ensure_output_path", "check_outputs",
            "figure_stem", "progress_enabled", "load_checkpoint_for_cli", "OneLineParser",
-           "percent"]
+           "percent", "finish"]
 
 
 class UsageError(Exception):
@@ -143,3 +143,18 @@ def load_checkpoint_for_cli(path: str, *, model_name: str | None = None):
     model = model_from_meta(meta, str(path), model=model_name)
     check_params(model, params, str(path))
     return model, params, meta
+
+
+def finish(args, result: dict, summary, plot=None, plot_path: Path | None = None) -> int:
+    """The end of a subcommand: draw ``plot(result, plot_path)`` (its files are listed in
+    ``result["figures"]``), print ``summary(result)`` as aligned rows unless ``--json -`` or
+    ``--quiet``, write ``--json``."""
+    if plot is not None and plot_path is not None:
+        result["figures"] = [str(p) for p in plot(result, plot_path)]
+    if getattr(args, "json", None) != "-" and not getattr(args, "quiet", False):
+        rows = summary(result)
+        w = max((len(k) for k, _ in rows), default=0)
+        for k, v in rows:
+            print(f"{k:<{w}}  {v}")
+    emit_json(getattr(args, "json", None), result)
+    return 0

@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from analyses.common import (NotApplicable, UsageError, add_output_arguments, check_outputs,
-                             emit_json, figure_stem, percent, resolve_device)
+from analyses.common import (UsageError, add_output_arguments, check_outputs, emit_json,
+                             figure_stem, percent, resolve_device)
+from analyses.study import align_seeds, common_levels, example_input, open_runs, open_seed_runs
 from tickets.runs import cache_file, level_stamp, read_cache, write_cache
-from analyses.study import (align_seeds, common_levels, example_input, open_runs,
-                            require_levels, same_architecture)
 
 HELP = "mask overlap of tickets across seeds, raw and modulo permutation, against chance"
 CACHE_VERSION = 1
@@ -33,6 +32,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--level", type=int, required=True, help="IMP level whose masks to compare")
     parser.add_argument("--align", choices=["weight", "activation"], default=None,
                         help="also compare after permuting each mask into the other's basis")
+    parser.add_argument("--common-basis", action="store_true",
+                        help="keep counts of all masks in one synchronised basis vs chance")
     add_output_arguments(parser, plot="heatmaps of the Jaccard matrices (PNG + PDF)")
 
 
@@ -64,15 +65,6 @@ class OverlapAnalysis:
     def to_dict(self) -> dict:
         return {"runs": self.runs, "align": self.align, "levels": self.levels,
                 "table": self.table()}
-
-
-def _load(run_dirs: Sequence[str | Path], levels: Sequence[int]):
-    runs = open_runs(run_dirs)
-    if len(runs) < 2:
-        raise NotApplicable("overlap needs at least two run directories (seeds)")
-    same_architecture([r.meta for r in runs], [str(r.path) for r in runs])
-    require_levels(runs, levels)
-    return runs
 
 
 def _perms(runs, align: str, device, state: dict):
@@ -116,7 +108,7 @@ def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None,
     if levels is None:
         levels = common_levels(open_runs(run_dirs))
     levels = [int(lv) for lv in levels if int(lv) > 0] or [int(lv) for lv in levels]
-    runs = _load(run_dirs, levels + ([0] if align else []))
+    runs = open_seed_runs(run_dirs, levels + ([0] if align else []), "overlap")
     out, state = {}, {}
     for lv in levels:
         key = {"v": CACHE_VERSION, "runs": [str(r.path.resolve()) for r in runs], "level": lv,
@@ -191,6 +183,9 @@ def plot(result: OverlapAnalysis, out_dir: Path, *, stem: str | Path | None = No
 
 
 def run(args) -> int:
+    if args.common_basis:
+        from analyses.consensus import run_common_basis
+        return run_common_basis(args)
     if len(args.runs) < 2:
         raise UsageError("give at least two run directories")
     plot_path = check_outputs(args)

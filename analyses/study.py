@@ -113,6 +113,18 @@ def require_levels(runs: Sequence[RunInfo], levels: Sequence[int]) -> None:
                              f"{', '.join(map(str, run.levels)) or 'none'})")
 
 
+def open_seed_runs(run_dirs: Sequence[str | Path | RunInfo], levels: Sequence[int],
+                   what: str) -> list[RunInfo]:
+    """At least two runs of one architecture that all completed ``levels``; ``what`` names
+    the analysis in the error."""
+    runs = open_runs(run_dirs)
+    if len(runs) < 2:
+        raise NotApplicable(f"{what} needs at least two run directories (seeds)")
+    same_architecture([r.meta for r in runs], [str(r.path) for r in runs])
+    require_levels(runs, levels)
+    return runs
+
+
 def sparsest_pruned_level(runs: Sequence[RunInfo], levels: Sequence[int] | None = None,
                           what: str = "this analysis") -> int:
     """The deepest pruned level (>= 1) every run has (and, if given, in ``levels``)."""

@@ -40,4 +40,8 @@ __all__ = ["GaugeError", "MismatchError", "SpecError", "TraceError", "ConnectErr
            "hessian_eigenvalues", "hessian_trace", "spectral_density",
            "SharpnessResult", "Landscape1D", "Landscape2D", "GaugeFixed", "sharpness",
            "epsilon_sharpness", "landscape_1d", "landscape_2d", "loss_at", "gauge_fix",
-           "weights_only"]
+           "weights_only",
+           "evaluate_path", "ManyAlignment", "CycleConsistency", "align_many",
+           "pairwise_matchings", "cycle_consistency", "QuotientDistance", "quotient_distance",
+           "Consensus", "ConsensusLayer", "consensus", "poisson_binomial", "MergeResult",
+           "average", "evaluate_merge", "CurveResult", "curve_path", "curve_point"]

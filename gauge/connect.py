@@ -40,7 +40,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -50,7 +50,7 @@ from gauge.errors import ConnectError, MismatchError, check_same_keys
 from gauge.objective import mean_loss
 from gauge.results import Result
 
-__all__ = ["interpolate", "linear_path", "PathResult", "barriers", "BN_MODES"]
+__all__ = ["interpolate", "linear_path", "evaluate_path", "PathResult", "barriers", "BN_MODES"]
 
 #: What ``linear_path`` does with normalisation statistics along the path.
 BN_MODES = ("none", "reset", "repair")
@@ -220,6 +220,16 @@ class _Repair:
         self.sums = {}
         return out
 
+    def fit_affine(self) -> None:
+        """From the statistics accumulated in ``stats`` mode, the fixed per-channel affine map
+        taking them to the target; switches to ``apply``."""
+        self.affine = {}
+        for n, (mu, sd) in self.take_stats().items():
+            t_mu, t_sd = self.target[n]
+            scale = t_sd / torch.sqrt(sd * sd + self.eps)
+            self.affine[n] = (scale, t_mu - mu * scale)
+        self.mode = "apply"
+
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
@@ -333,32 +343,29 @@ class _Path:
         self._set_mode(False)
         self.n_stats += 1
 
-    def collect_endpoints(self, pa, pb) -> None:
+    def collect_endpoints(self, *endpoints) -> None:
         """Each endpoint's channel statistics at the repair points, with its own BN stats."""
-        for p in (pa, pb):
+        for p in endpoints:
             self.repair.mode = "collect"
             self._train_pass(p, stats=False)
             self.ends.append(self.repair.take_stats())
 
-    def prepare(self, params: dict[str, torch.Tensor], alpha: float) -> None:
-        """Recompute ``params``' BN statistics (and the REPAIR correction) at ``alpha``."""
+    def prepare(self, params: dict[str, torch.Tensor], weights: Sequence[float]) -> None:
+        """Recompute ``params``' BN statistics and, for REPAIR, the correction towards the
+        endpoints' channel statistics mixed with ``weights`` (``(1 - alpha, alpha)`` on a path,
+        ``1/N`` each for a merge of N networks)."""
         if not self.needs_stats:
             return
         _fresh_bn_buffers(self.bns, params)
         rep = self.repair
         if rep is not None:
-            rep.target = {n: ((1 - alpha) * self.ends[0][n][0] + alpha * self.ends[1][n][0],
-                              (1 - alpha) * self.ends[0][n][1] + alpha * self.ends[1][n][1])
+            rep.target = {n: tuple(sum(w * end[n][i] for w, end in zip(weights, self.ends))
+                                   for i in (0, 1))
                           for n in rep.modules}
             rep.mode = "stats"
         self._train_pass(params, stats=True)
         if rep is not None:
-            rep.affine = {}
-            for n, (mu, sd) in rep.take_stats().items():
-                t_mu, t_sd = rep.target[n]
-                scale = t_sd / torch.sqrt(sd * sd + rep.eps)
-                rep.affine[n] = (scale, t_mu - mu * scale)
-            rep.mode = "apply"
+            rep.fit_affine()
 
     def evaluate(self, params, data: Data) -> tuple[float, float]:
         """Mean loss and error of ``params`` on ``data``."""
@@ -382,14 +389,32 @@ def _check_path_options(bn: str, split: str, batch_size: int) -> None:
         raise ConnectError(f"batch_size must be >= 1, got {batch_size}")
 
 
-@torch.no_grad()
 def linear_path(model: nn.Module, params_a: Mapping[str, torch.Tensor],
                 params_b: Mapping[str, torch.Tensor], data, *, n_points: int = 25,
                 alphas: Sequence[float] | None = None, split: str = "test", bn: str = "reset",
                 batch_size: int = 1000, train_metrics: bool = False,
                 stats_samples: int | None = None, device: str | torch.device = "cpu",
                 loss_fn=None, error_fn=None, logits_fn=None) -> PathResult:
-    """Loss and error of ``theta(alpha)`` on ``data.<split>`` for ``alpha`` on a grid.
+    """Loss, error and barriers along the straight line ``theta(alpha) = (1 - alpha) theta_A +
+    alpha theta_B`` (Frankle et al. 2020): :func:`evaluate_path` with ``point=interpolate``,
+    whose docstring gives the arguments."""
+    return evaluate_path(model, params_a, params_b, data, point=interpolate, n_points=n_points,
+                         alphas=alphas, split=split, bn=bn, batch_size=batch_size,
+                         train_metrics=train_metrics, stats_samples=stats_samples,
+                         device=device, loss_fn=loss_fn, error_fn=error_fn, logits_fn=logits_fn)
+
+
+@torch.no_grad()
+def evaluate_path(model: nn.Module, params_a: Mapping[str, torch.Tensor],
+                  params_b: Mapping[str, torch.Tensor], data, *,
+                  point: Callable[[dict, dict, float], dict] = interpolate, n_points: int = 25,
+                  alphas: Sequence[float] | None = None, split: str = "test", bn: str = "reset",
+                  batch_size: int = 1000, train_metrics: bool = False,
+                  stats_samples: int | None = None, device: str | torch.device = "cpu",
+                  loss_fn=None, error_fn=None, logits_fn=None) -> PathResult:
+    """Loss and error of ``theta(alpha) = point(params_a, params_b, alpha)`` on ``data.<split>``
+    for ``alpha`` on a grid; ``point`` must give A at 0 and B at 1 (the barriers are measured
+    against the endpoints), e.g. :func:`interpolate` or a trained curve (:mod:`gauge.curve`).
 
     ``model`` only provides the forward pass (it is copied once, never modified). ``data`` has
     ``train``/``test`` attributes or keys, each data in any form of :mod:`gauge.batches`, or is
@@ -425,8 +450,8 @@ def linear_path(model: nn.Module, params_a: Mapping[str, torch.Tensor],
         if path.repair is not None:
             path.collect_endpoints(pa, pb)
         for alpha in grid:
-            params = interpolate(pa, pb, alpha)
-            path.prepare(params, alpha)
+            params = point(pa, pb, alpha)
+            path.prepare(params, (1 - alpha, alpha))
             l, e = path.evaluate(params, eval_data)
             loss.append(l)
             error.append(e)
