@@ -18,6 +18,9 @@ COMMANDS = {
     "overlap": "mask overlap of tickets across seeds, raw and modulo permutation, against chance",
     "transfer": "move a ticket from one seed to another by permuting its mask (sparse re-basin)",
     "flatness": "Hessian spectrum, trace, sharpness and landscapes, raw and gauge-fixed",
+    "similarity": "representation similarity of networks: layer x layer linear CKA and matched-neuron correlation",
+    "drift": "relative weight drift ||W_T - W_0|| / ||W_0|| per layer of an IMP run: dense vs ticket vs controls",
+    "erasure": "paint an image into a hidden layer and see how far each optimizer moves it in training",
     "report": "build the HTML report (figures + results.json) from existing IMP run directories",
     "demo": "run the whole study on embedded MNIST-1D and write a report",
 }

@@ -32,6 +32,7 @@ group indexes at the inputs of the layers consuming it, and solves one assignmen
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -425,6 +426,38 @@ def _features(x: torch.Tensor, channel: int, n: int, layout) -> torch.Tensor:
     return x.to(torch.float64)
 
 
+@contextmanager
+def _capture(model: nn.Module, points):
+    """Hooks on ``points`` (``(module_name, "in" | "out")``) for the duration of the block, in
+    eval mode and without gradients. Yields ``forward(params, x)``: one functional forward pass
+    returning ``{point: [tensor seen at each call of the module]}``."""
+    modules = dict(model.named_modules())
+    captured: dict[tuple[str, str], list] = {}
+
+    def make_hook(mname, where):
+        def hook(module, args, output=None):
+            captured.setdefault((mname, where), []).append(args[0] if where == "in" else output)
+        return hook
+
+    hooks = [modules[m].register_forward_pre_hook(make_hook(m, "in")) if w == "in"
+             else modules[m].register_forward_hook(make_hook(m, "out")) for m, w in points]
+
+    def forward(params, x):
+        captured.clear()
+        torch.func.functional_call(model, params, (x,))
+        return dict(captured)
+
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield forward
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+
+
 def activation_matching(model: nn.Module, spec: PermutationSpec,
                         params_a: Mapping[str, torch.Tensor],
                         params_b: Mapping[str, torch.Tensor], inputs: torch.Tensor, *,
@@ -445,53 +478,29 @@ def activation_matching(model: nn.Module, spec: PermutationSpec,
         raise SpecError("activation matching needs a non-empty tensor of inputs")
     device = torch.device(device) if device is not None else inputs.device
     cons = _consumers(model, spec)
-    modules = dict(model.named_modules())
     stats_acc: dict[str, dict] = {}
-    captured: dict[str, list] = {}
-    hooks = []
-
-    def make_hook(mname, where):
-        def hook(module, args, output=None):
-            captured.setdefault((mname, where), []).append(args[0] if where == "in" else output)
-        return hook
-
     wanted = {(m, w) for g in spec.groups for m, w, _, _ in cons[g]}
-    for mname, where in wanted:
-        mod = modules[mname]
-        hooks.append(mod.register_forward_pre_hook(make_hook(mname, "in")) if where == "in"
-                     else mod.register_forward_hook(make_hook(mname, "out")))
-    was = model.training
-    model.eval()
     pa = {k: v.to(device) for k, v in params_a.items()}
     pb = {k: v.to(device) for k, v in params_b.items()}
-    try:
-        with torch.no_grad():
-            for i in range(0, len(inputs), batch_size):
-                x = inputs[i:i + batch_size].to(device)
-                side = {}
-                for name, p in (("a", pa), ("b", pb)):
-                    captured.clear()
-                    torch.func.functional_call(model, p, (x,))
-                    side[name] = dict(captured)
-                for g in spec.groups:
-                    n = spec.sizes[g]
-                    for mname, where, channel, layout in cons[g]:
-                        for fa, fb in zip(side["a"].get((mname, where), []),
-                                          side["b"].get((mname, where), [])):
-                            fa, fb = (_features(fa, channel, n, layout),
-                                      _features(fb, channel, n, layout))
-                            acc = stats_acc.setdefault(g, {"n": 0, "sa": 0, "sb": 0, "saa": 0,
-                                                           "sbb": 0, "sab": 0})
-                            acc["n"] += fa.shape[0]
-                            acc["sa"] = acc["sa"] + fa.sum(0)
-                            acc["sb"] = acc["sb"] + fb.sum(0)
-                            acc["saa"] = acc["saa"] + fa.pow(2).sum(0)
-                            acc["sbb"] = acc["sbb"] + fb.pow(2).sum(0)
-                            acc["sab"] = acc["sab"] + fa.T @ fb
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    with _capture(model, wanted) as forward:
+        for i in range(0, len(inputs), batch_size):
+            x = inputs[i:i + batch_size].to(device)
+            side = {"a": forward(pa, x), "b": forward(pb, x)}
+            for g in spec.groups:
+                n = spec.sizes[g]
+                for mname, where, channel, layout in cons[g]:
+                    for fa, fb in zip(side["a"].get((mname, where), []),
+                                      side["b"].get((mname, where), [])):
+                        fa, fb = (_features(fa, channel, n, layout),
+                                  _features(fb, channel, n, layout))
+                        acc = stats_acc.setdefault(g, {"n": 0, "sa": 0, "sb": 0, "saa": 0,
+                                                       "sbb": 0, "sab": 0})
+                        acc["n"] += fa.shape[0]
+                        acc["sa"] = acc["sa"] + fa.sum(0)
+                        acc["sb"] = acc["sb"] + fb.sum(0)
+                        acc["saa"] = acc["saa"] + fa.pow(2).sum(0)
+                        acc["sbb"] = acc["sbb"] + fb.pow(2).sum(0)
+                        acc["sab"] = acc["sab"] + fa.T @ fb
     perm, per_group, before, after = {}, {}, [], []
     for g in spec.groups:
         n = spec.sizes[g]
