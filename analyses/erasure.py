@@ -229,7 +229,7 @@ def summary(result: ErasureResult) -> list[tuple[str, str]]:
 def plot(result: ErasureResult, path: str | Path) -> list[Path]:
     """One row per training run, one column per point; each panel the layer as an image on a
     symmetric colour scale fixed per row by the start, drift in the title."""
-    from analyses.figures import new_figure
+    from analyses.figures import new_figure, save_plot
     rows, cols = len(result.rows), len(result.rows[0].iters)
     fig, axes = new_figure(cols, rows, width=1.9, height=1.9)
     for i, r in enumerate(result.rows):
@@ -245,16 +245,7 @@ def plot(result: ErasureResult, path: str | Path) -> list[Path]:
                 ax.set_ylabel(f"{r.name}\nlr {r.lr:g}, acc {100 * r.test_acc:.0f}%", fontsize=8)
     fig.suptitle(f"{result.layer} {tuple(result.shape)} of {result.model}, initialised to "
                  f"{result.image}; drift = ||W_t - W_0||_F / ||W_0||_F", fontsize=9)
-    return _save(fig, path)
-
-
-def _save(fig, path) -> list[Path]:
-    from analyses.figures import save_figure
-    p = Path(path)
-    fmt = p.suffix.lstrip(".").lower() or "png"
-    if fmt not in ("png", "pdf", "svg"):
-        raise UsageError(f"--plot {path}: use a .png, .pdf or .svg file")
-    return save_figure(fig, p.with_suffix(""), formats=(fmt,))
+    return save_plot(fig, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,9 +274,8 @@ def run(args) -> int:
         raise UsageError(f"--lr must be > 0, got {args.lr}")
     points = _points(args.points, args.iters)
     if args.plot:
-        ensure_output_path(args.plot, "plot")
-        if Path(args.plot).suffix.lower() not in ("", ".png", ".pdf", ".svg"):
-            raise UsageError(f"--plot {args.plot}: use a .png, .pdf or .svg file")
+        from analyses.figures import check_plot_path
+        check_plot_path(args.plot)
     if args.json not in (None, "-"):
         ensure_output_path(args.json, "JSON")
     image = read_image(args.image) if args.image else smiley()
