@@ -89,7 +89,7 @@ def plot(result, path: str | Path, *, names: Sequence[str] = ("A", "B")) -> list
     from analyses.figures import COLORS, new_figure, save_plot
     r0 = result.results[0]
     m = len(result.layers)
-    fig, axes = new_figure(2, 1, width=max(3.2, 0.5 * m + 2), height=3.0)
+    fig, axes = new_figure(2, 1, width=max(4.0, 0.5 * m + 2.5), height=3.4)
     ax = axes[0][0]
     cka = np.array(r0.cka, dtype=float)
     im = ax.imshow(cka, vmin=0, vmax=1, cmap="viridis", origin="upper")
@@ -104,7 +104,7 @@ def plot(result, path: str | Path, *, names: Sequence[str] = ("A", "B")) -> list
                 ax.text(j, i, f"{cka[i, j]:.2f}", ha="center", va="center", fontsize=7,
                         color="black" if cka[i, j] > 0.6 else "white")
     est = "debiased " if r0.debiased else ""
-    ax.set_title(f"{est}linear CKA, {names[0]} vs {names[1]}")
+    ax.set_title(f"{est}linear CKA")
     fig.colorbar(im, ax=ax, shrink=0.8, label="CKA")
     ax = axes[0][1]
     x = np.arange(m)
@@ -122,9 +122,18 @@ def plot(result, path: str | Path, *, names: Sequence[str] = ("A", "B")) -> list
     n_nets = len({i for p in result.pairs for i in p})
     ax.set_title(f"mean over {len(result.pairs)} pairs of {n_nets} networks" if many
                  else "per layer")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, fontsize=7)
     fig.suptitle(f"Representation similarity on {r0.n_examples} inputs", fontsize=9)
     return save_plot(fig, path)
+
+
+def short_names(paths: Sequence[str]) -> list[str]:
+    """The first path component where the paths differ (``s0`` of ``s0/level_00/final``)."""
+    parts = [Path(p).with_suffix("").parts for p in paths]
+    for i in range(min(map(len, parts))):
+        if len({q[i] for q in parts}) > 1:
+            return [q[i] for q in parts]
+    return [f"#{i + 1}" for i in range(len(paths))]
 
 
 def run(args) -> int:
@@ -166,9 +175,8 @@ def run(args) -> int:
     out = {"checkpoints": [str(p) for p in args.checkpoints], "dataset": name,
            "split": args.split, "device": str(device), **result.to_dict()}
     if args.plot:
-        names = [Path(p).stem if len(args.checkpoints) > 2 else "AB"[i]
-                 for i, p in enumerate(args.checkpoints[:2])]
-        out["figures"] = [str(p) for p in plot(result, args.plot, names=names)]
+        out["figures"] = [str(p) for p in plot(result, args.plot,
+                                               names=short_names(args.checkpoints[:2]))]
     if args.json != "-":
         for layer, text in summary(result):
             print(f"{layer}: {text}")
