@@ -16,7 +16,7 @@ from tickets.store import dumps_json, save_json
 
 __all__ = ["UsageError", "USER_ERRORS", "resolve_device", "add_device_argument",
            "add_json_argument", "emit_json", "ensure_output_path", "progress_enabled",
-           "load_checkpoint_for_cli", "OneLineParser"]
+           "load_checkpoint_for_cli", "OneLineParser", "emit_result"]
 
 
 class UsageError(Exception):
@@ -91,3 +91,13 @@ def load_checkpoint_for_cli(path: str, *, model_name: str | None = None):
     model = model_from_meta(meta, str(path), model=model_name)
     check_params(model, params, str(path))
     return model, params, meta
+
+
+def emit_result(args, out: Any, lines) -> int:
+    """Print a subcommand's ``(name, text)`` summary lines (unless ``--json -`` takes stdout),
+    write ``out`` as JSON where ``--json`` says, and return exit code 0."""
+    if args.json != "-":
+        for name, text in lines:
+            print(f"{name}: {text}")
+    emit_json(args.json, out)
+    return 0

@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from analyses.common import UsageError, add_json_argument, emit_json, ensure_output_path
+from analyses.common import UsageError, add_json_argument, emit_result, ensure_output_path
 
 HELP = ("relative weight drift ||W_T - W_0|| / ||W_0|| per layer of an IMP run: dense vs ticket "
         "vs controls")
@@ -139,11 +139,7 @@ def run(args) -> int:
     out = result.to_dict()
     if args.plot:
         out["figures"] = [str(p) for p in plot(result, args.plot)]
-    if args.json != "-":
-        for name, text in summary(result):
-            print(f"{name}: {text}")
-    emit_json(args.json, out)
-    return 0
+    return emit_result(args, out, summary(result))
 
 
 if __name__ == "__main__":

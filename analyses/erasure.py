@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from analyses.common import (UsageError, add_device_argument, add_json_argument, emit_json,
+from analyses.common import (UsageError, add_device_argument, add_json_argument, emit_result,
                              ensure_output_path, progress_enabled, resolve_device)
 
 HELP = "paint an image into a hidden layer and see how far each optimizer moves it in training"
@@ -266,8 +266,6 @@ def _points(text: str | None, iters: int) -> list[int]:
 
 
 def run(args) -> int:
-    import torch
-
     optimizers = check_optimizers(args.optimizers)
     if args.iters < 1 or args.width < 1:
         raise UsageError("--iters and --width must be >= 1")
@@ -310,11 +308,7 @@ def run(args) -> int:
     out = result.to_dict()
     if args.plot:
         out["figures"] = [str(p) for p in plot(result, args.plot)]
-    if args.json != "-":
-        for name, value in summary(result):
-            print(f"{name}: {value}")
-    emit_json(args.json, out)
-    return 0
+    return emit_result(args, out, summary(result))
 
 
 if __name__ == "__main__":

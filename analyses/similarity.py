@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from analyses.common import (UsageError, add_device_argument, add_json_argument, emit_json,
+from analyses.common import (UsageError, add_device_argument, add_json_argument, emit_result,
                              ensure_output_path, load_checkpoint_for_cli, resolve_device)
 
 HELP = ("representation similarity of networks: layer x layer linear CKA and matched-neuron "
@@ -177,11 +177,7 @@ def run(args) -> int:
     if args.plot:
         out["figures"] = [str(p) for p in plot(result, args.plot,
                                                names=short_names(args.checkpoints[:2]))]
-    if args.json != "-":
-        for layer, text in summary(result):
-            print(f"{layer}: {text}")
-    emit_json(args.json, out)
-    return 0
+    return emit_result(args, out, summary(result))
 
 
 if __name__ == "__main__":
