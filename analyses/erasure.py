@@ -232,7 +232,9 @@ def plot(result: ErasureResult, path: str | Path) -> list[Path]:
     symmetric colour scale fixed per row by the start, drift in the title."""
     from analyses.figures import new_figure, save_plot
     rows, cols = len(result.rows), len(result.rows[0].iters)
-    fig, axes = new_figure(cols, rows, width=1.9, height=1.9)
+    h, w = result.shape
+    # panels as wide as the layer is, plus room for the title
+    fig, axes = new_figure(cols, rows, width=1.9, height=1.9 * min(1.0, h / w) + 0.45)
     for i, r in enumerate(result.rows):
         lim = float(np.abs(r.snapshots[0]).max()) or 1.0
         for j, (it, d, w) in enumerate(zip(r.iters, r.drift, r.snapshots)):
