@@ -41,3 +41,11 @@ from gauge.overlap import (LayerOverlap, OverlapMatrix, OverlapResult,  # noqa: 
 __all__ += ["ConnectError", "PathResult", "barriers", "interpolate", "linear_path",
             "LayerOverlap", "OverlapMatrix", "OverlapResult", "aligned_mask_overlap",
             "chance_jaccard", "mask_overlap", "overlap_matrix"]
+
+# representation similarity and weight drift (gauge.similarity.similarity: the module keeps
+# the name)
+from gauge.similarity import (Drift, SeedSimilarity, SimilarityResult, linear_cka,  # noqa: E402
+                              similarity_across_seeds, weight_drift)
+
+__all__ += ["Drift", "SeedSimilarity", "SimilarityResult", "linear_cka",
+            "similarity_across_seeds", "weight_drift"]
