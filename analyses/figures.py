@@ -84,3 +84,23 @@ def weights_remaining_axis(ax, label: str = "weights remaining (%)", max_ticks: 
     if not ax.xaxis_inverted():
         ax.invert_xaxis()
     ax.set_xlabel(label)
+
+
+#: Formats a ``--plot FILE`` may name by its suffix.
+PLOT_FORMATS = ("png", "pdf", "svg")
+
+
+def check_plot_path(path) -> Path:
+    """``--plot FILE``: writable, with a .png, .pdf or .svg suffix (none: PNG)."""
+    from analyses.common import UsageError, ensure_output_path
+    p = ensure_output_path(path, "plot")
+    if p.suffix and p.suffix.lower().lstrip(".") not in PLOT_FORMATS:
+        raise UsageError(f"--plot {path}: use a .png, .pdf or .svg file")
+    return p
+
+
+def save_plot(fig, path) -> list[Path]:
+    """Save ``fig`` to ``path`` in the format its suffix names (PNG without one)."""
+    p = Path(path)
+    fmt = p.suffix.lstrip(".").lower() or "png"
+    return save_figure(fig, p.with_suffix(""), formats=(fmt,))

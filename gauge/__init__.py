@@ -6,7 +6,9 @@ flatness, with gauge-fixed versions. A library: it never prints, parses argument
 the disk. It depends on torch, numpy and scipy only (never on ``tickets``).
 """
 
-from gauge.connect import PathResult, barriers, interpolate, linear_path
+from gauge.connect import PathResult, barriers, evaluate_path, interpolate, linear_path
+from gauge.consensus import Consensus, ConsensusLayer, consensus, poisson_binomial
+from gauge.curve import CurveResult, curve_path, curve_point
 from gauge.errors import (ConnectError, DataError, EmptyParamsError, FlatnessError,
                           FlatnessOptionError, GaugeError, MismatchError, NonFiniteLossError,
                           SpecError, TraceError, check_same_keys)
@@ -15,10 +17,16 @@ from gauge.flatness import (Landscape1D, Landscape2D, SharpnessResult, epsilon_s
 from gauge.hessian import (Density, EigResult, HessianOperator, TraceResult, hessian_eigenvalues,
                            hessian_trace, hvp, spectral_density)
 from gauge.infer import infer_spec
+from gauge.many import (CycleConsistency, ManyAlignment, align_many, cycle_consistency,
+                        pairwise_matchings)
 from gauge.match import MatchResult, activation_matching, align, weight_matching
+from gauge.merge import MergeResult, average, evaluate_merge
 from gauge.objective import GaugeFixed, gauge_fix, weights_only
 from gauge.overlap import (LayerOverlap, OverlapMatrix, OverlapResult, aligned_mask_overlap,
                            chance_jaccard, mask_overlap, overlap_matrix)
+from gauge.quotient import QuotientDistance, quotient_distance
+from gauge.similarity import (Drift, SeedSimilarity, SimilarityResult, linear_cka,
+                              similarity_across_seeds, weight_drift)
 from gauge.spec import PermutationSpec, permuted_fraction
 from gauge.symmetry import (Permutation, apply_permutation, apply_rescaling, canonicalize_scale,
                             compose, function_distance, identity_permutation, invert,
@@ -44,4 +52,6 @@ __all__ = ["GaugeError", "MismatchError", "SpecError", "TraceError", "ConnectErr
            "evaluate_path", "ManyAlignment", "CycleConsistency", "align_many",
            "pairwise_matchings", "cycle_consistency", "QuotientDistance", "quotient_distance",
            "Consensus", "ConsensusLayer", "consensus", "poisson_binomial", "MergeResult",
-           "average", "evaluate_merge", "CurveResult", "curve_path", "curve_point"]
+           "average", "evaluate_merge", "CurveResult", "curve_path", "curve_point",
+           "Drift", "SeedSimilarity", "SimilarityResult", "linear_cka",
+           "similarity_across_seeds", "weight_drift"]

@@ -32,8 +32,7 @@ import torch
 from torch import nn
 
 from gauge.connect import PathResult, evaluate_path, interpolate
-from gauge.errors import ConnectError
-from gauge.match import check_pair
+from gauge.errors import ConnectError, check_same_keys
 
 __all__ = ["CurveResult", "curve_path", "curve_point", "CURVE_KINDS"]
 
@@ -131,7 +130,7 @@ def curve_path(model: nn.Module, params_a: Mapping[str, torch.Tensor],
     if steps < 0 or batch_size < 1 or not lr > 0:
         raise ConnectError(f"steps must be >= 0, batch_size >= 1 and lr > 0 (got {steps}, "
                            f"{batch_size}, {lr})")
-    check_pair(params_a, params_b)
+    check_same_keys(params_a, params_b)
     x_train, y_train = _train_split(data)
     device = torch.device(device)
     m = int(bends) + 1

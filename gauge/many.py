@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from gauge.errors import MismatchError, SpecError
-from gauge.match import check_pair, weight_matching
+from gauge.errors import MismatchError, SpecError, check_same_keys
+from gauge.match import weight_matching
 from gauge.spec import PermutationSpec
 from gauge.symmetry import (Permutation, apply_permutation, compose, identity_permutation,
                             invert)
@@ -73,7 +73,7 @@ def check_many(params_list: Sequence[Mapping[str, torch.Tensor]],
     names = list(names) if names is not None else [f"network {i}" for i in
                                                     range(len(params_list))]
     for p, name in zip(params_list[1:], names[1:]):
-        check_pair(params_list[0], p, names=(names[0], name))
+        check_same_keys(params_list[0], p, names=(names[0], name))
 
 
 # --------------------------------------------------------------------------------------------

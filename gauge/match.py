@@ -32,6 +32,7 @@ group indexes at the inputs of the layers consuming it, and solves one assignmen
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -428,6 +429,39 @@ def _features(x: torch.Tensor, channel: int, n: int, layout) -> torch.Tensor:
     return x.to(torch.float64)
 
 
+@contextmanager
+def _capture(model: nn.Module, points):
+    """Hooks on ``points`` (``(module_name, "in" | "out")``) for the duration of the block, in
+    eval mode and without gradients. Yields ``run(params, batch, name)``: one functional forward
+    pass over a :class:`gauge.batches.Batch` returning ``{point: [tensor seen at each call of
+    the module]}``."""
+    modules = dict(model.named_modules())
+    captured: dict[tuple[str, str], list] = {}
+
+    def make_hook(mname, where):
+        def hook(module, args, output=None):
+            captured.setdefault((mname, where), []).append(args[0] if where == "in" else output)
+        return hook
+
+    hooks = [modules[m].register_forward_pre_hook(make_hook(m, "in")) if w == "in"
+             else modules[m].register_forward_hook(make_hook(m, "out")) for m, w in points]
+
+    def run(params, batch, name: str = "data"):
+        captured.clear()
+        forward(model, batch, params, name=name)
+        return dict(captured)
+
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield run
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+
+
 def activation_matching(model: nn.Module, spec: PermutationSpec,
                         params_a: Mapping[str, torch.Tensor],
                         params_b: Mapping[str, torch.Tensor], inputs, *,
@@ -463,52 +497,28 @@ def _feature_moments(model, spec, params_a, params_b, data, batch_size, device):
     """Per group, the streamed sums ``n, sum a, sum b, sum a^2, sum b^2, sum a b^T`` of the
     matched features of A and B over ``data`` (eval mode)."""
     cons = _consumers(model, spec)
-    modules = dict(model.named_modules())
     stats_acc: dict[str, dict] = {}
-    captured: dict[str, list] = {}
-    hooks = []
-
-    def make_hook(mname, where):
-        def hook(module, args, output=None):
-            captured.setdefault((mname, where), []).append(args[0] if where == "in" else output)
-        return hook
-
     wanted = {(m, w) for g in spec.groups for m, w, _, _ in cons[g]}
-    for mname, where in wanted:
-        mod = modules[mname]
-        hooks.append(mod.register_forward_pre_hook(make_hook(mname, "in")) if where == "in"
-                     else mod.register_forward_hook(make_hook(mname, "out")))
-    was = model.training
-    model.eval()
     pa = {k: v.to(device) for k, v in params_a.items()}
     pb = {k: v.to(device) for k, v in params_b.items()}
-    try:
-        with torch.no_grad():
-            for batch in data.batches(batch_size, device):
-                side = {}
-                for name, p in (("a", pa), ("b", pb)):
-                    captured.clear()
-                    forward(model, batch, p, name=data.name)
-                    side[name] = dict(captured)
-                for g in spec.groups:
-                    n = spec.sizes[g]
-                    for mname, where, channel, layout in cons[g]:
-                        for fa, fb in zip(side["a"].get((mname, where), []),
-                                          side["b"].get((mname, where), [])):
-                            fa, fb = (_features(fa, channel, n, layout),
-                                      _features(fb, channel, n, layout))
-                            acc = stats_acc.setdefault(g, {"n": 0, "sa": 0, "sb": 0, "saa": 0,
-                                                           "sbb": 0, "sab": 0})
-                            acc["n"] += fa.shape[0]
-                            acc["sa"] = acc["sa"] + fa.sum(0)
-                            acc["sb"] = acc["sb"] + fb.sum(0)
-                            acc["saa"] = acc["saa"] + fa.pow(2).sum(0)
-                            acc["sbb"] = acc["sbb"] + fb.pow(2).sum(0)
-                            acc["sab"] = acc["sab"] + fa.T @ fb
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
+    with _capture(model, wanted) as run:
+        for batch in data.batches(batch_size, device):
+            side = {"a": run(pa, batch, data.name), "b": run(pb, batch, data.name)}
+            for g in spec.groups:
+                n = spec.sizes[g]
+                for mname, where, channel, layout in cons[g]:
+                    for fa, fb in zip(side["a"].get((mname, where), []),
+                                      side["b"].get((mname, where), [])):
+                        fa, fb = (_features(fa, channel, n, layout),
+                                  _features(fb, channel, n, layout))
+                        acc = stats_acc.setdefault(g, {"n": 0, "sa": 0, "sb": 0, "saa": 0,
+                                                       "sbb": 0, "sab": 0})
+                        acc["n"] += fa.shape[0]
+                        acc["sa"] = acc["sa"] + fa.sum(0)
+                        acc["sb"] = acc["sb"] + fb.sum(0)
+                        acc["saa"] = acc["saa"] + fa.pow(2).sum(0)
+                        acc["sbb"] = acc["sbb"] + fb.pow(2).sum(0)
+                        acc["sab"] = acc["sab"] + fa.T @ fb
     return stats_acc
 
 

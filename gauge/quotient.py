@@ -38,9 +38,9 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from gauge.errors import SpecError
+from gauge.errors import SpecError, check_same_keys
 from gauge.many import unit_rows
-from gauge.match import check_pair, weight_matching
+from gauge.match import weight_matching
 from gauge.spec import PermutationSpec
 from gauge.symmetry import apply_permutation, apply_rescaling, canonicalize_scale, compose
 
@@ -157,7 +157,7 @@ def quotient_distance(spec: PermutationSpec, params_a: Mapping[str, torch.Tensor
     """Raw, permutation-only and quotient distances (see the module docstring); computed in
     float64. Raises :class:`~gauge.errors.MismatchError` for different architectures."""
     t0 = time.perf_counter()
-    check_pair(params_a, params_b)
+    check_same_keys(params_a, params_b)
     spec.check_params(params_a, "params_a")
     if max_iter < 1:
         raise SpecError(f"max_iter must be >= 1, got {max_iter}")

@@ -26,6 +26,9 @@ optimiser here (SGD with momentum, Adam, AdamW, with L2 or decoupled weight deca
 coordinate, so what happens to the pruned coordinates' optimiser state never reaches the
 surviving weights: the survivors follow exactly the trajectory of a network without the pruned
 weights, and the pruned ones are exactly zero at every forward pass and at the end.
+Muon (``optimizer="muon"``, :mod:`tickets.optim`) is not per coordinate: its orthogonalised
+update mixes the entries of a matrix, so the gradients of pruned weights are zeroed before each
+step and the update of a masked matrix is that of its surviving entries' gradient.
 (Zeroing the gradients instead would be equivalent but leaves exact zeros in Adam's second
 moment, and ``sqrt(0)`` is several times slower than ``sqrt(x)`` on CPU: +25 % epoch time.)
 """
@@ -47,7 +50,11 @@ from gauge.objective import loss_totals
 from tickets.errors import ConfigError, DataError
 from tickets.prune import check_mask
 
-__all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "default_config", "batch_order"]
+__all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "default_config", "batch_order",
+           "OPTIMIZERS"]
+
+#: Optimisers of :class:`TrainConfig` (``muon``: Muon + AdamW, see :mod:`tickets.optim`).
+OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
 
 
 @dataclass(frozen=True)
@@ -76,8 +83,9 @@ class TrainConfig:
     eval_batch_size: int = 1000
 
     def __post_init__(self):
-        if self.optimizer not in ("sgd", "adam", "adamw"):
-            raise ConfigError(f"optimizer must be sgd, adam or adamw, got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got "
+                              f"{self.optimizer!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a positive number, got {self.lr}")
         if self.batch_size < 1:
@@ -235,6 +243,9 @@ def _make_optimizer(cfg: TrainConfig, params: list[torch.Tensor]) -> torch.optim
                                weight_decay=cfg.weight_decay, foreach=True)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    if cfg.optimizer == "muon":
+        from tickets.optim import MuonAdamW
+        return MuonAdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
@@ -374,6 +385,9 @@ def train(model: nn.Module, data, cfg: TrainConfig, *, seed: int, data_seed: int
                 break
             opt.zero_grad(set_to_none=False)
             loss.backward()
+            if masked and cfg.optimizer == "muon":
+                with torch.no_grad():
+                    torch._foreach_mul_([p.grad for p in mask_params], mask_values)
             opt.step()
             if masked:
                 with torch.no_grad():
