@@ -102,7 +102,6 @@ def _print(args, spec, result, summary: dict) -> None:
 
 
 def run(args) -> int:
-    import torch
 
     from gauge import align, function_distance, infer_spec
     from tickets.store import save_params
@@ -117,7 +116,7 @@ def run(args) -> int:
     loaded, data = _load(args, device)
     model, (params_a, params_b) = loaded.model, loaded.params
     spec = infer_spec(model, loaded.example_input())
-    probe = torch.randn((8, *loaded.input_shape), generator=torch.Generator().manual_seed(0))
+    probe = loaded.example_input(8, seed=0)
     model = model.to(device)
     inputs, kw = _matcher_options(args, data, device)
     aligned, result = align(model, spec, params_a, params_b, method=args.method,

@@ -241,13 +241,22 @@ class CliModel:
     def name(self) -> str:
         return str(self.meta.get("model", "the model"))
 
-    def example_input(self, n: int = 2):
-        """``n`` zero inputs: enough for ``infer_spec`` to trace the model."""
+    def example_input(self, n: int = 2, seed: int | None = None):
+        """``n`` inputs: zeros (enough for ``infer_spec`` to trace the model), or with ``seed``
+        random ones (probes of the function). A Hugging Face model gets token ids (length 8
+        unless ``--input-shape`` says otherwise)."""
         import torch
+        gen = None if seed is None else torch.Generator().manual_seed(seed)
+        if self.name.startswith("hf:"):
+            shape = self.input_shape or (8,)
+            high = int(getattr(getattr(self.model, "config", None), "vocab_size", 2) or 2)
+            return (torch.zeros((n, *shape), dtype=torch.long) if gen is None
+                    else torch.randint(0, high, (n, *shape), generator=gen))
         if self.input_shape is None:
             raise UsageError(f"the input shape of {self.name} is unknown; give --input-shape "
                              "(e.g. 40 or 1,28,28) or --data")
-        return torch.zeros(n, *self.input_shape)
+        return (torch.zeros(n, *self.input_shape) if gen is None
+                else torch.randn((n, *self.input_shape), generator=gen))
 
 
 def _same_source(a: str | None, b: str | None) -> bool:
@@ -330,8 +339,10 @@ def load_model_and_params(paths: str | os.PathLike | Sequence[str | os.PathLike]
         for r, p in zip(raw[1:], paths[1:]):
             check_same_keys(raw[0].params, r.params, names=(paths[0], p))
     recorded = [(r.meta, p) for r, p in zip(raw, paths) if r.meta.get("model")]
-    if len(recorded) > 1:
-        same_architecture([m for m, _ in recorded], [p for _, p in recorded])
+    # A Hugging Face folder records itself as its source; fitting compares its tensors.
+    comparable = [(m, p) for m, p in recorded if not str(m["model"]).startswith("hf:")]
+    if len(comparable) > 1:
+        same_architecture([m for m, _ in comparable], [p for _, p in comparable])
     first, path = recorded[0] if recorded else (raw[0].meta, paths[0])
     model, rebuild = _build(dict(first), path, args, data, raw[0].params)
     loaded = [read_params(p, model) for p in paths]

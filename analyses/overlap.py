@@ -33,8 +33,8 @@ from analyses.common import (NotApplicable, UsageError, add_model_arguments,
                              add_output_arguments, check_outputs, emit_json, figure_stem,
                              percent, resolve_device)
 from tickets.runs import cache_file, level_stamp, read_cache, write_cache
-from analyses.study import (align_seeds, common_levels, example_input, open_runs,
-                            require_levels, same_architecture)
+from analyses.study import (align_seeds, common_levels, example_input, is_openlth_tree,
+                            open_runs, require_levels, same_architecture)
 
 HELP = "mask overlap of tickets across seeds, raw and modulo permutation, against chance"
 CACHE_VERSION = 1
@@ -272,13 +272,6 @@ def plot(result: OverlapAnalysis, out_dir: Path, *, stem: str | Path | None = No
     return files
 
 
-def _is_openlth(path) -> bool:
-    from tickets.openlth import is_openlth_level
-    p = Path(path)
-    return p.is_dir() and not (p / "run.json").exists() and (
-        any(p.glob("replicate_*")) or p.name.startswith("replicate_") or is_openlth_level(p))
-
-
 def run(args) -> int:
     plot_path = check_outputs(args, [*args.runs, *(args.masks or []), *(args.weights or [])])
     device = resolve_device(args.device)
@@ -289,7 +282,7 @@ def run(args) -> int:
                                level=args.level or 0)
     elif args.weights:
         raise UsageError("--weights goes with --masks MA MB ...")
-    elif args.runs and all(_is_openlth(p) for p in args.runs):
+    elif args.runs and all(is_openlth_tree(p) for p in args.runs):
         if args.level is None:
             raise UsageError("--level L: the OpenLTH level whose masks to compare")
         names, masks, weights = _openlth_tickets(args.runs, args.level)

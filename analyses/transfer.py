@@ -29,8 +29,8 @@ from typing import Sequence
 
 from analyses.common import (NotApplicable, UsageError, add_output_arguments, check_outputs,
                              emit_json, figure_stem, percent, resolve_device)
-from analyses.study import (align_seeds, example_input, open_runs, require_levels,
-                            same_architecture, sparsest_pruned_level)
+from analyses.study import (align_seeds, example_input, is_openlth_tree, open_runs,
+                            require_levels, same_architecture, sparsest_pruned_level)
 from tickets.runs import cache_file, level_stamp, read_cache, write_cache
 from tickets.transfer import TransferResult, transfer_ticket
 
@@ -180,7 +180,7 @@ def run(args) -> int:
     plot_path = check_outputs(args, [args.ticket, args.to] + ([args.weights] if args.weights
                                                               else []))
     device = resolve_device(args.device)
-    if (Path(args.ticket) / "run.json").is_file():
+    if not Path(args.ticket).is_file() and not is_openlth_tree(args.ticket):
         if args.weights:
             raise UsageError("--weights goes with a mask file as --ticket, not a run directory")
         res = transfer(args.ticket, args.to, args.level, align=args.align, seed=args.seed,
