@@ -85,7 +85,9 @@ def test_user_model_align_connect_flatness(files, tmp_path):
     f = _json(run_cli("flatness", files / "b_compiled.pth", *FILE_USER, "--data",
                       files / "data.npz", "--subset", "32", "--top-k", "1", "--json", "-"))
     assert f["n_data"] == 32 and len(f["eigenvalues"]["values"]) == 1
-    f = _json(run_cli("flatness", files / "b_training.pt", *USER, "--data",
+    # a factory parameter num_classes takes the data's (3 here) unless --model-kwargs sets it
+    f = _json(run_cli("flatness", files / "b_training.pt", "--model", "tests.byo_models:ResMLP",
+                      "--model-kwargs", '{"width": 8, "num_classes": 10}', "--data",
                       "tests.byo_models:tiny_data", "--top-k", "1", "--json", "-"))
     assert f["n_data"] == 16
 
