@@ -386,15 +386,17 @@ def _logits(out):
     return out
 
 
-def check_data_fits(model, data, *, data_name: str, model_name: str, device="cpu") -> None:
-    """UsageError naming the data and the model unless one forward pass of the first two
-    training examples runs and gives at least one logit per class of the data."""
+def check_data_fits(model, data, *, data_name: str, model_name: str) -> None:
+    """UsageError naming the data and the model unless one forward pass (on the model's device,
+    in eval mode) of the first two training examples runs and gives at least one logit per
+    class of the data."""
     import torch
 
     from tickets.factories import one_line
+    was_training = model.training
     try:
         batch = example_batch(data.train)
-        was_training = model.training
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
         model.eval()
         with torch.no_grad():
             if isinstance(batch, dict):
@@ -402,10 +404,11 @@ def check_data_fits(model, data, *, data_name: str, model_name: str, device="cpu
             else:
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
                 out = model(x.to(device))
-        model.train(was_training)
     except Exception as e:  # the model's own code rejecting inputs of the wrong shape
         raise UsageError(f"--data {data_name}: inputs of shape {tuple(data.input_shape)} do not "
                          f"fit the model {model_name} ({one_line(e, 160)})") from e
+    finally:
+        model.train(was_training)
     logits = _logits(out)
     classes = int(data.num_classes or 0)
     if isinstance(logits, torch.Tensor) and logits.dim() >= 2 and classes and \
