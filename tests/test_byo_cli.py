@@ -144,6 +144,9 @@ def test_openlth_tree_overlap_and_transfer_into_user_run(tmp_path):
     root = _openlth_tree(tmp_path / "lottery")
     o = _json(run_cli("overlap", root, "--level", "1", "--align", "weight", "--json", "-"))
     assert len(o["runs"]) == 2 and o["table"][0]["jaccard_aligned"] is not None
+    assert_user_error(run_cli("report", root, "--out", tmp_path / "report"), "OpenLTH",
+                      "gauge overlap")
+    assert not (tmp_path / "report").exists()
     data = _data(tmp_path / "x784.npz", shape=(1, 28, 28), n=48)
     run_b = tmp_path / "run_b"
     proc = run_cli("imp", "--model", "mlp", "--model-kwargs", '{"widths": [8, 4]}', "--data",
