@@ -8,7 +8,13 @@ matching (Pearson correlation of unit activations on data, Li et al. 2015) -- an
 permuted accordingly. The output computes exactly the same function as B.
 
 The permutation spec is inferred from the model (printed with --show-spec). The model comes
-from the checkpoint metadata, else --model.
+from the checkpoint metadata, else --model (a zoo name, pkg.module:factory,
+path/to/file.py:factory, torchvision:NAME, timm:NAME or hf:DIR; docs/byo.md), with the input
+shape from the metadata, --input-shape or --data. The checkpoints may be in any format the
+toolkit reads (safetensors, torch.save'd state_dicts and training dicts, pruned modules,
+Hugging Face folders, OpenLTH levels). The output's suffix picks its format: .safetensors
+records how to rebuild the model, so `gauge connect A OUT` needs no flags; .pt/.pth is a plain
+state_dict.
 """
 
 from __future__ import annotations
@@ -16,21 +22,23 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from analyses.common import (UsageError, add_device_argument, add_json_argument, emit_json,
-                             ensure_output_path, resolve_device)
+from analyses.common import (UsageError, add_device_argument, add_json_argument,
+                             add_model_arguments, check_data_fits, check_outputs, emit_json,
+                             ensure_checkpoint_output, load_data, load_model_and_params,
+                             resolve_device)
 
 HELP = "align checkpoint B to A under neuron permutations (Hungarian weight/activation matching)"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("a", metavar="A", help="reference checkpoint (.safetensors)")
+    parser.add_argument("a", metavar="A", help="reference checkpoint (file or folder)")
     parser.add_argument("b", metavar="B", help="checkpoint to align to A")
-    parser.add_argument("--model", default=None,
-                        help="zoo model name when the checkpoints carry no metadata")
+    add_model_arguments(parser)
     parser.add_argument("--method", choices=["weight", "activation"], default="weight",
                         help="weight matching (default) or activation matching (needs --data)")
     parser.add_argument("--data", default=None,
-                        help="dataset whose training inputs drive activation matching")
+                        help="dataset (name, .npz/.pt/.safetensors file or pkg.module:factory) "
+                             "whose training inputs drive activation matching")
     parser.add_argument("--root", default=None, help="folder with the dataset files")
     parser.add_argument("--num-examples", type=int, default=1000,
                         help="inputs used by activation matching (default 1000)")
@@ -44,7 +52,9 @@ def add_arguments(parser) -> None:
                         help="weight matching restarts, best objective wins (default 1)")
     parser.add_argument("--show-spec", action="store_true",
                         help="print the inferred permutation spec")
-    parser.add_argument("--out", required=True, help="output checkpoint: B aligned to A")
+    parser.add_argument("--out", required=True,
+                        help="output checkpoint, B aligned to A: .safetensors (with metadata) "
+                             "or .pt/.pth (a plain state_dict)")
     add_device_argument(parser)
     add_json_argument(parser)
 
@@ -54,36 +64,24 @@ def _l2(pa, pb) -> float:
                      for k in pa if pa[k].dtype.is_floating_point)) ** 0.5
 
 
-def _load(args):
-    """``(model, params_a, params_b, meta, meta_b, data)``: both checkpoints on one model
-    (``meta``: A's metadata, else B's); ``data`` is the ``--data`` dataset (None without it)."""
-    from gauge import check_same_keys
-    from tickets.store import check_params, load_checkpoint, model_from_meta
-    params_a, meta_a = load_checkpoint(args.a)
-    params_b, meta_b = load_checkpoint(args.b)
-    check_same_keys(params_a, params_b, names=(str(args.a), str(args.b)))
-    meta = dict(meta_a or meta_b)
+def _load(args, device):
+    """``(loaded, data)``: both checkpoints on one model (:func:`load_model_and_params`) and
+    the ``--data`` dataset (None without it), checked to fit the model."""
     data = None
     if args.data:
-        from tickets.data import load_dataset
-        data = load_dataset(args.data, root=args.root)
-        meta.setdefault("num_classes", data.num_classes)
-        meta.setdefault("input_shape", list(data.input_shape))
-    model = model_from_meta(meta, str(args.a), model=args.model)
-    check_params(model, params_a, str(args.a))
-    check_params(model, params_b, str(args.b))
-    return model, params_a, params_b, meta, meta_b, data
+        data = load_data(args.data, root=args.root)
+    loaded = load_model_and_params([args.a, args.b], args, data)
+    if data is not None:
+        check_data_fits(loaded.model, data, data_name=args.data, model_name=loaded.name)
+    return loaded, data
 
 
-def _matcher_options(args, data, input_shape, device) -> tuple[Any, dict]:
+def _matcher_options(args, data, device) -> tuple[Any, dict]:
     """``(inputs, keyword arguments)`` of ``gauge.align`` for ``--method``."""
     if args.method == "weight":
         return None, {"seed": args.seed, "max_iter": args.max_iter, "restarts": args.restarts,
                       "device": device}
     x = data.train.tensors[0]
-    if tuple(x.shape[1:]) != input_shape:
-        raise UsageError(f"--data {args.data} has inputs of shape {tuple(x.shape[1:])}, the "
-                         f"model expects {input_shape}")
     return x[: args.num_examples], {"batch_size": args.batch_size, "device": device}
 
 
@@ -104,33 +102,34 @@ def _print(args, spec, result, summary: dict) -> None:
 
 
 def run(args) -> int:
-    import torch
 
     from gauge import align, function_distance, infer_spec
-    from tickets.store import save_checkpoint
+    from tickets.store import save_params
 
-    out = ensure_output_path(args.out, "checkpoint")
+    out = ensure_checkpoint_output(args.out, [args.a, args.b])
+    check_outputs(args, [args.a, args.b, args.out])
     if args.method == "activation" and not args.data:
         raise UsageError("--method activation needs --data NAME (the inputs to correlate on)")
     if args.num_examples < 1 or args.batch_size < 1 or args.max_iter < 1 or args.restarts < 1:
         raise UsageError("--num-examples, --batch-size, --max-iter and --restarts must be >= 1")
     device = resolve_device(args.device)
-    model, params_a, params_b, meta, meta_b, data = _load(args)
-    input_shape = tuple(meta["input_shape"])
-    spec = infer_spec(model, torch.zeros(2, *input_shape))
+    loaded, data = _load(args, device)
+    model, (params_a, params_b) = loaded.model, loaded.params
+    spec = infer_spec(model, loaded.example_input())
+    probe = loaded.example_input(8, seed=0)
     model = model.to(device)
-    inputs, kw = _matcher_options(args, data, input_shape, device)
+    inputs, kw = _matcher_options(args, data, device)
     aligned, result = align(model, spec, params_a, params_b, method=args.method,
                             inputs=inputs, **kw)
-    probe = torch.randn((8, *input_shape), generator=torch.Generator().manual_seed(0))
     fdist = function_distance(model, params_b, aligned, probe, device=device)
-    out_meta = dict(meta_b or meta)
+    out_meta = {**loaded.loaded[1].meta, **loaded.rebuild}
     out_meta["aligned_to"] = str(args.a)
     out_meta["alignment"] = {"method": args.method, "seed": args.seed, "source": str(args.b),
                              "objective_before": result.objective_before,
                              "objective_after": result.objective_after}
-    save_checkpoint(out, aligned, out_meta)
+    save_params(out, aligned, out_meta)
     summary = {"a": str(args.a), "b": str(args.b), "out": str(out), "method": args.method,
+               "model": loaded.name, "read": [l.describe() for l in loaded.loaded],
                "groups": {g: spec.sizes[g] for g in spec.groups},
                "objective_before": result.objective_before,
                "objective_after": result.objective_after,

@@ -11,6 +11,11 @@ and drawn in one figure. --bn reset recomputes BatchNorm statistics at every alp
 training set, --bn repair applies REPAIR (Jordan et al. 2022), --bn none keeps the interpolated
 statistics. Models without BatchNorm accept all three.
 
+A and B may be in any format the toolkit reads (docs/byo.md); the model is the one their
+metadata records (a checkpoint written by gauge records it), else --model SOURCE with
+--model-kwargs and --input-shape. --data takes a dataset name, a .npz/.pt/.safetensors file or
+pkg.module:factory; it must fit the model.
+
 Example:
   gauge connect a.safetensors b.safetensors --align weight --points 25 --plot curve.png
 """
@@ -22,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from analyses.common import (NotApplicable, UsageError, add_output_arguments, check_outputs,
-                             emit_json, figure_stem, load_checkpoint_for_cli, percent,
+from analyses.common import (NotApplicable, UsageError, add_model_arguments,
+                             add_output_arguments, check_data_fits, check_outputs, emit_json,
+                             figure_stem, load_data, load_model_and_params, percent,
                              resolve_device)
 from analyses.study import (align_params, align_seeds, common_levels, example_input, open_runs,
                             require_levels, same_architecture)
@@ -54,7 +60,10 @@ def add_arguments(parser) -> None:
                         help="BatchNorm statistics along the path (default reset)")
     parser.add_argument("--points", type=int, default=25,
                         help="alphas evenly spaced in [0, 1], plus 0.5 (default 25)")
-    parser.add_argument("--data", default=None, help="dataset (default: the checkpoint's)")
+    add_model_arguments(parser)
+    parser.add_argument("--data", default=None,
+                        help="dataset: a name, a .npz/.pt/.safetensors file or "
+                             "pkg.module:factory (default: the checkpoint's)")
     parser.add_argument("--root", default=None, help="folder with the dataset files")
     parser.add_argument("--split", choices=["test", "train"], default="test",
                         help="split the path is evaluated on (default test)")
@@ -68,15 +77,19 @@ def add_arguments(parser) -> None:
     add_output_arguments(parser, plot="figure of loss and error along the path(s) (PNG + PDF)")
 
 
-def _load_data(name: str, root, meta: dict, what: str):
-    from tickets.data import load_dataset
-    data = load_dataset(name, root=root, seed=int(meta.get("dataset_seed", 0) or 0))
-    if list(data.input_shape) != [int(d) for d in meta["input_shape"]] or \
-            data.num_classes != int(meta["num_classes"]):
-        raise UsageError(f"--data {name}: inputs {tuple(data.input_shape)} / "
-                         f"{data.num_classes} classes do not fit {what} "
-                         f"({tuple(meta['input_shape'])} / {meta['num_classes']} classes)")
-    return data
+def load_checkpoints_and_data(paths, args, what: str = "checkpoint"):
+    """``(loaded, data)``: the checkpoints on one model (:func:`load_model_and_params`) and
+    ``--data`` (default: the dataset the checkpoint records), checked to fit the model."""
+    data = load_data(args.data, root=args.root) if args.data else None
+    loaded = load_model_and_params(paths, args, data)
+    if data is None:
+        name = loaded.meta.get("dataset")
+        if not name:
+            raise UsageError(f"{paths[0]}: no dataset recorded in the {what}; pass --data NAME, "
+                             "FILE or pkg.module:factory")
+        data = load_data(name, root=args.root, seed=int(loaded.meta.get("dataset_seed", 0) or 0))
+    check_data_fits(loaded.model, data, data_name=args.data or data.name, model_name=loaded.name)
+    return loaded, data
 
 
 def _train_split_or_none(data, stats_samples):
@@ -95,11 +108,10 @@ def run(args) -> int:
         if Path(p).is_dir():
             raise UsageError(f"{p} is a directory; give a checkpoint file such as "
                              f"{Path(p) / 'level_00' / 'final.safetensors'}")
-    plot_path = check_outputs(args)
+    plot_path = check_outputs(args, [args.a, args.b])
     device = resolve_device(args.device)
-    model, pa, meta_a = load_checkpoint_for_cli(args.a)
-    _, pb, meta_b = load_checkpoint_for_cli(args.b)
-    same_architecture([meta_a, meta_b], [args.a, args.b])
+    loaded, data = load_checkpoints_and_data([args.a, args.b], args)
+    model, (pa, pb) = loaded.model, loaded.params
     if args.stats_samples is not None and args.stats_samples <= 0 and args.bn != "none":
         import torch.nn as nn
         has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
@@ -107,7 +119,6 @@ def run(args) -> int:
             raise UsageError(f"--stats-samples {args.stats_samples} leaves no training data, but "
                              f"--bn {args.bn} measures statistics on training batches; use a "
                              "positive --stats-samples or --bn none")
-    data = _load_data(args.data or meta_a["dataset"], args.root, meta_a, args.a)
     path_data = _train_split_or_none(data, args.stats_samples)
     kw = dict(n_points=args.points, split=args.split, bn=args.bn, batch_size=args.batch_size,
               train_metrics=args.train_metrics,
@@ -117,18 +128,18 @@ def run(args) -> int:
     aligned = None
     if args.align:
         from gauge import infer_spec
-        spec = infer_spec(model, example_input(meta_a))
+        spec = infer_spec(model, loaded.example_input())
         pb_aligned, _ = align_params(model, spec, pa, pb, args.align, data, seed=args.seed,
                                      device=device)
         aligned = linear_path(model, pa, pb_aligned, path_data, **kw)
-    out = {"a": str(args.a), "b": str(args.b), "model": meta_a["model"],
+    out = {"a": str(args.a), "b": str(args.b), "model": loaded.name,
            "dataset": data.name, "align": args.align, "bn": args.bn, "split": args.split,
            "naive": naive.to_dict(), "aligned": aligned.to_dict() if aligned else None,
            "device": str(device)}
     if plot_path is not None:
         out["figures"] = [str(p) for p in plot_paths(naive, aligned, plot_path,
-                                                     title=f"{meta_a['model']} on {data.name}")]
-    if args.json != "-" and not args.quiet:
+                                                     title=f"{loaded.name} on {data.name}")]
+    if args.json != "-":
         for name, r in (("naive", naive), ("aligned", aligned)):
             if r is not None:
                 mid = "" if r.midpoint_error is None else f", midpoint error {r.midpoint_error:+.4f}"

@@ -1,7 +1,8 @@
-"""One figure style for every analysis: colour-blind safe palette, labelled axes, PNG + PDF.
+"""One figure style for every analysis: colour-blind safe palette, labelled axes, PNG + PDF
+(or the one format a ``--plot`` suffix names: ``.png``, ``.pdf``, ``.svg``).
 
 The palette is Okabe & Ito's (2008) eight colours, safe for the common colour-vision
-deficiencies. ``save_figure`` writes both formats atomically. The backend is chosen once, by
+deficiencies. ``save_figure`` writes them atomically. The backend is chosen once, by
 ``analyses.cli.main`` (Agg unless MPLBACKEND says otherwise).
 """
 
@@ -52,14 +53,21 @@ def new_figure(ncols: int = 1, nrows: int = 1, *, width: float = 3.4, height: fl
 
 
 def save_figure(fig, stem: str | os.PathLike, formats=("png", "pdf")) -> list[Path]:
-    """Save ``fig`` as ``stem.png`` and ``stem.pdf`` (atomically) and close it."""
+    """Save ``fig`` atomically and close it. A ``stem`` ending ``.svg`` or ``.pdf`` is written
+    as named; one ending ``.png`` as named and beside it as ``.pdf`` (the vector copy for
+    papers); any other ``stem`` as ``stem.png`` and ``stem.pdf`` (``formats``). The files get
+    the permissions the umask gives."""
     stem = Path(stem)
+    suffix = stem.suffix.lower().lstrip(".")
+    if suffix in ("png", "pdf", "svg"):
+        formats = (suffix, "pdf") if suffix == "png" else (suffix,)
+        stem = stem.with_suffix("")
     paths = []
     with style():
         for fmt in formats:
             buf = io.BytesIO()
             fig.savefig(buf, format=fmt)
-            path = stem.with_suffix(f".{fmt}")
+            path = stem.with_name(f"{stem.name}.{fmt}")
             atomic_write_bytes(path, buf.getvalue())
             paths.append(path)
     plt.close(fig)

@@ -8,7 +8,14 @@ cross-entropy. --top-k: extreme Hessian eigenvalues by Lanczos (ARPACK); --trace
 al. 2019); --sharpness: worst- or average-case adaptive sharpness (Andriushchenko et al. 2023);
 --landscape: loss along filter-normalised random directions (Li et al. 2018).
 
---mask FILE restricts everything to a ticket's unpruned weights (pruned entries are zero).
+The checkpoint may be in any format the toolkit reads (docs/byo.md); the model is the one its
+metadata records, else --model SOURCE (with --model-kwargs, --input-shape). --data takes a
+dataset name, a .npz/.pt/.safetensors file or pkg.module:factory, and must fit the model.
+
+--mask FILE restricts everything to a ticket's unpruned weights (pruned entries are zero): a
+mask file (safetensors or .pt keyed by parameter name, `_mask` suffixes stripped), a pruned
+state_dict (its `*_mask` entries), an OpenLTH level or its mask.pth; a checkpoint saved with
+torch.nn.utils.prune active carries its own mask, used unless --mask is given.
 --gauge-fixed also evaluates each measure at the balanced point of the ReLU-rescaling orbit
 (canonicalize_scale): raw Hessian numbers change arbitrarily under rescaling (Dinh et al.
 2017), the gauge-fixed ones do not.
@@ -23,17 +30,22 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from analyses.common import (UsageError, add_device_argument, add_json_argument,
-                             add_plot_argument, add_quiet_argument, emit_json, ensure_output_path,
-                             percent, progress_enabled, resolve_device)
+                             add_model_arguments, add_plot_argument, add_quiet_argument,
+                             check_not_input,
+                             emit_json, ensure_output_path, percent, progress_enabled,
+                             resolve_device)
 from tickets.runs import cache_file, read_cache, write_cache
 
 HELP = "Hessian spectrum, trace, sharpness and landscapes, raw and gauge-fixed"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint written by the toolkit "
-                        "(e.g. RUN/level_03/final.safetensors)")
-    parser.add_argument("--data", default=None, help="dataset (default: the checkpoint's)")
+    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint, file or folder (e.g. "
+                        "RUN/level_03/final.safetensors, a torch.save'd state_dict)")
+    add_model_arguments(parser)
+    parser.add_argument("--data", default=None,
+                        help="dataset: a name, a .npz/.pt/.safetensors file or "
+                             "pkg.module:factory (default: the checkpoint's)")
     parser.add_argument("--root", default=None, help="folder with the dataset files")
     parser.add_argument("--subset", type=int, default=1000, metavar="N",
                         help="use the first N training examples (a fixed set; default 1000)")
@@ -61,8 +73,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="landscape points per axis (default 41 for 1d, 21 for 2d)")
     parser.add_argument("--mask", default=None, metavar="FILE",
-                        help="ticket mask (safetensors of bool tensors, e.g. RUN/level_03/"
-                             "mask.safetensors)")
+                        help="ticket mask: safetensors/.pt keyed by parameter name (e.g. "
+                             "RUN/level_03/mask.safetensors), a pruned state_dict, an OpenLTH "
+                             "mask.pth (default: the checkpoint's own pruning mask, if any)")
     parser.add_argument("--weights-only", action="store_true",
                         help="exclude biases and norm parameters")
     parser.add_argument("--gauge-fixed", action="store_true",
@@ -76,10 +89,16 @@ def add_arguments(parser) -> None:
 
 
 def _load_mask(path: str, params) -> dict:
+    from tickets.masks import load_mask
+    return load_mask(path, params)
+
+
+def _own_mask(checkpoint):
+    """The mask a checkpoint carries (pruning state, an OpenLTH level's mask.pth), or None."""
     from tickets.prune import check_mask
-    from tickets.store import load_checkpoint
-    mask, _ = load_checkpoint(path, check=False)  # CheckpointError names the file
-    return check_mask(params, mask, f"--mask {path}")
+    if checkpoint.mask is None:
+        return None
+    return check_mask(checkpoint.params, checkpoint.mask, f"{checkpoint.path} (its mask)")
 
 
 def _validate(args) -> None:
@@ -106,8 +125,12 @@ def _validate(args) -> None:
 
 
 def _subset(data, n):
-    x, y = data.train.tensors
-    return x[:n], y[:n]
+    from torch.utils.data import TensorDataset
+    if isinstance(data.train, TensorDataset):
+        x, y = data.train.tensors
+        return x[:n], y[:n]
+    from analyses.common import example_batch
+    return tuple(example_batch(data.train, n))
 
 
 @contextmanager
@@ -170,21 +193,22 @@ def _measure(args, model, params, xy, mask, device, tick) -> tuple[dict, Any, An
 
 
 def run(args) -> int:
-    from analyses.common import load_checkpoint_for_cli
-    from tickets.data import load_dataset
+    from analyses.connect import load_checkpoints_and_data
 
     _validate(args)
+    if args.json not in (None, "-"):
+        check_not_input(args.json, [args.checkpoint], "--json")
     device = resolve_device(args.device)
-    model, params, meta = load_checkpoint_for_cli(args.checkpoint)
-    mask = _load_mask(args.mask, params) if args.mask else None
-    name = args.data or meta.get("dataset")
-    if not name:
-        raise UsageError(f"{args.checkpoint}: no dataset in the metadata; pass --data NAME")
-    data = load_dataset(name, root=args.root, seed=meta.get("dataset_seed", 0))
+    loaded, data = load_checkpoints_and_data([args.checkpoint], args)
+    model, params = loaded.model, loaded.params[0]
+    mask = _load_mask(args.mask, params) if args.mask else _own_mask(loaded.loaded[0])
+    name = args.data or data.name
     xy = _subset(data, args.subset)
     out: dict[str, Any] = {"checkpoint": str(args.checkpoint), "dataset": name,
                            "n_data": int(len(xy[1])), "gauge_fixed": args.gauge_fixed,
-                           "mask": args.mask, "device": str(device)}
+                           "mask": args.mask or ("pruning state of the checkpoint"
+                                                 if mask is not None else None),
+                           "model": loaded.name, "device": str(device)}
     with _hvp_progress(args) as tick:
         measures, density, land = _measure(args, model, params, xy, mask, device, tick)
     out.update(measures)

@@ -25,7 +25,7 @@ import sys
 
 from analyses.common import (UsageError, add_json_argument, emit_json, progress_enabled,
                              resolve_device)
-from analyses.train import add_training_arguments, config_from_args, model_kwargs_from_args
+from analyses.train import add_training_arguments, config_from_args, model_and_data_from_args
 
 HELP = "find lottery tickets by iterative magnitude pruning with rewinding (Frankle & Carbin 2019)"
 
@@ -63,18 +63,17 @@ def add_arguments(parser) -> None:
     g.add_argument("--control", action="append", choices=list(CONTROLS), default=None,
                    help="add a control at every level (repeatable)")
     g.add_argument("--mask", default=None, metavar="FILE",
-                   help="starting mask for level 0 (safetensors of bool tensors keyed by "
-                        "weight name, e.g. a transferred ticket)")
+                   help="starting mask for level 0: safetensors/.pt keyed by weight name (e.g. "
+                        "a transferred ticket), a pruned state_dict or an OpenLTH mask.pth")
     g.add_argument("--eval-every", type=int, default=None, metavar="ITERS",
                    help="evaluate train/test every ITERS iterations (default: once per epoch)")
     parser.add_argument("--out", required=True, metavar="DIR", help="run directory")
     add_json_argument(parser)
 
 
-def _load_mask(path: str):
-    from tickets.store import load_checkpoint
-    params, _ = load_checkpoint(path, check=False)
-    return params
+def _load_mask(path: str, model):
+    from tickets.masks import load_mask
+    return load_mask(path, model.state_dict())
 
 
 def _table(result) -> str:
@@ -95,7 +94,6 @@ def _table(result) -> str:
 
 
 def run(args) -> int:
-    from tickets.data import load_dataset
     from tickets.imp import run_imp
 
     if args.fraction is not None and not 0.0 < args.fraction < 1.0:
@@ -105,14 +103,13 @@ def run(args) -> int:
     if args.rewind_iter < 0:
         raise UsageError(f"--rewind-iter must be >= 0, got {args.rewind_iter}")
     device = resolve_device(args.device)
-    kwargs = model_kwargs_from_args(args)
+    source, kwargs, model, data = model_and_data_from_args(args)
     cfg = config_from_args(args)
     if args.eval_every is not None:
         if args.eval_every < 0:
             raise UsageError(f"--eval-every must be >= 0, got {args.eval_every}")
         cfg = cfg.replace(eval_every=args.eval_every)
-    mask = _load_mask(args.mask) if args.mask else None
-    data = load_dataset(args.data, root=args.root, seed=args.seed)
+    mask = _load_mask(args.mask, model) if args.mask else None
     progress = progress_enabled(args)
 
     def on_level(row):
@@ -123,7 +120,7 @@ def run(args) -> int:
             tqdm.write(f"{tag}: {100 * row['density']:.1f}% weights, test acc "
                        f"{row['test_acc']:.4f} ({how})", file=sys.stderr)
 
-    result = run_imp(args.model, data, cfg, levels=args.levels, fraction=args.fraction,
+    result = run_imp(source, data, cfg, levels=args.levels, fraction=args.fraction,
                      strategy=args.strategy, rewind_iter=args.rewind_iter, seed=args.seed,
                      data_seed=args.data_seed, out_dir=args.out, control=args.control,
                      model_kwargs=kwargs,

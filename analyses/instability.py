@@ -22,7 +22,7 @@ from analyses.common import (NotApplicable, UsageError, add_json_argument, add_p
 from analyses.connect import check_points
 from tickets.runs import cache_file, level_stamp, read_cache, write_cache
 from analyses.study import common_levels, open_runs
-from analyses.train import add_training_arguments, config_from_args, model_kwargs_from_args
+from analyses.train import add_training_arguments, config_from_args, model_and_data_from_args
 
 HELP = ("instability analysis: barrier between two copies trained from iteration k with "
         "different data orders (Frankle et al. 2020)")
@@ -41,14 +41,15 @@ def add_arguments(parser) -> None:
                    help="IMP run directory whose --level mask the copies train under")
     g.add_argument("--level", type=int, default=None, help="level of --ticket")
     g.add_argument("--mask", default=None, metavar="FILE",
-                   help="mask (safetensors of bool tensors keyed by weight name)")
+                   help="mask: safetensors/.pt keyed by weight name, a pruned state_dict or an "
+                        "OpenLTH mask.pth")
     g.add_argument("--bn", choices=["reset", "none", "repair"], default="reset")
     g.add_argument("--points", type=int, default=11, help="alphas on the path (default 11)")
     add_plot_argument(parser, "error barrier vs rewind iteration (PNG + PDF)")
     add_json_argument(parser)
 
 
-def _mask_from_args(args):
+def _mask_from_args(args, source: str, model):
     if args.ticket and args.mask:
         raise UsageError("give --ticket RUN --level L or --mask FILE, not both")
     if args.ticket:
@@ -56,37 +57,34 @@ def _mask_from_args(args):
             raise UsageError("--ticket needs --level")
         from tickets import load_level, open_run
         run = open_run(args.ticket)
-        if run.meta.get("model") != args.model:
+        if run.meta.get("model") != source:
             raise UsageError(f"--ticket {args.ticket} is a {run.meta.get('model')} run, not "
                              f"--model {args.model}: masks of different models")
         return load_level(run, args.level).mask, f"{args.ticket} level {args.level}"
     if args.level is not None:
         raise UsageError("--level needs --ticket RUN")
     if args.mask:
-        from tickets.store import load_checkpoint
-        mask, _ = load_checkpoint(args.mask, check=False)
-        return {k: v.bool() for k, v in mask.items()}, args.mask
+        from tickets.masks import load_mask
+        return load_mask(args.mask, model.state_dict()), args.mask
     return None, "dense"
 
 
 def run(args) -> int:
-    from tickets.data import load_dataset
     from tickets.instability import instability
 
     check_points(args.points)
     plot_path = check_outputs(args)
     device = resolve_device(args.device)
-    mask, what = _mask_from_args(args)
-    kwargs = model_kwargs_from_args(args)
+    source, kwargs, model, data = model_and_data_from_args(args)
+    mask, what = _mask_from_args(args, source, model)
     cfg = config_from_args(args)
-    data = load_dataset(args.data, root=args.root, seed=args.seed)
 
     def show(row):
-        if args.json != "-" and not args.quiet:
+        if args.json != "-":
             print(f"k={row['rewind_iter']:6d}  error barrier {row['error_barrier']:.4f}  loss "
                   f"barrier {row['loss_barrier']:.4f}  test acc {row['test_acc_a']:.4f} / "
                   f"{row['test_acc_b']:.4f}", flush=True)
-    res = instability(args.model, data, cfg, rewind_iters=args.rewind_iters, seed=args.seed,
+    res = instability(source, data, cfg, rewind_iters=args.rewind_iters, seed=args.seed,
                       data_seeds=tuple(args.data_seeds), mask=mask, model_kwargs=kwargs,
                       bn=args.bn, n_points=args.points, device=device, callback=show)
     out = res.to_dict()

@@ -7,8 +7,19 @@ activation) each run's network is first matched to the other's (Hungarian matchi
 dense level-0 final weights, Ainsworth et al. 2023) and its mask permuted into the other's
 basis: masks permute like the weights they cover.
 
-Example:
+Besides the toolkit's run directories, the tickets may come from elsewhere:
+
+* OpenLTH run trees (a run folder with replicate_*/, or several replicate folders): the
+  replicates' level-L masks, aligned on their level-0 trained weights;
+* mask files with --masks MA MB [...]: safetensors or .pt keyed by parameter name (`_mask`
+  suffixes stripped), pruned state_dicts (their `*_mask` entries), OpenLTH mask.pth files;
+  --weights A B [...] gives the dense weights each is aligned on (any checkpoint format; the
+  model as in `gauge align`, from their metadata or --model).
+
+Examples:
   gauge overlap runs/s0 runs/s1 runs/s2 --level 3 --align weight --plot heatmap.png
+  gauge overlap open_lth_data/lottery_x --level 3 --align weight
+  gauge overlap --masks ma.pt mb.pt --weights a.pt b.pt --model mynets.py:ResMLP --align weight
 """
 
 from __future__ import annotations
@@ -18,22 +29,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from analyses.common import (UsageError, add_output_arguments, check_outputs, emit_json,
-                             figure_stem, percent, resolve_device)
-from analyses.study import align_seeds, common_levels, example_input, open_runs, open_seed_runs
+from analyses.common import (UsageError, add_model_arguments,
+                             add_output_arguments, check_outputs, emit_json, figure_stem,
+                             percent, resolve_device)
 from tickets.runs import cache_file, level_stamp, read_cache, write_cache
+from analyses.study import (align_seeds, common_levels, example_input, is_openlth_tree,
+                            open_runs, open_seed_runs)
 
 HELP = "mask overlap of tickets across seeds, raw and modulo permutation, against chance"
 CACHE_VERSION = 1
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="IMP run directories (>= 2)")
-    parser.add_argument("--level", type=int, required=True, help="IMP level whose masks to compare")
+    parser.add_argument("runs", nargs="*", metavar="RUN_DIR",
+                        help="IMP run directories (>= 2) or OpenLTH run trees")
+    parser.add_argument("--level", type=int, default=None,
+                        help="IMP level whose masks to compare (needed with RUN_DIR)")
+    parser.add_argument("--masks", nargs="+", default=None, metavar="MASK",
+                        help="mask files to compare instead of run directories (>= 2)")
+    parser.add_argument("--weights", nargs="+", default=None, metavar="CKPT",
+                        help="with --masks: the dense weights each mask is aligned on")
     parser.add_argument("--align", choices=["weight", "activation"], default=None,
                         help="also compare after permuting each mask into the other's basis")
     parser.add_argument("--common-basis", action="store_true",
                         help="keep counts of all masks in one synchronised basis vs chance")
+    add_model_arguments(parser)
+    parser.add_argument("--data", default=None,
+                        help="inputs of --align activation for --masks/OpenLTH trees: a dataset "
+                             "name, a .npz/.pt/.safetensors file or pkg.module:factory")
+    parser.add_argument("--root", default=None, help="folder with the dataset files")
     add_output_arguments(parser, plot="heatmaps of the Jaccard matrices (PNG + PDF)")
 
 
@@ -83,21 +107,80 @@ def _perms(runs, align: str, device, state: dict):
 
 
 def _analyse(runs, level: int, align: str | None, device, state: dict) -> dict:
-    from gauge import aligned_mask_overlap, mask_overlap, overlap_matrix
-    from tickets import load_level, sparsity
+    from tickets import load_level
     masks = [load_level(r, level).mask for r in runs]
-    names = [str(r.path) for r in runs]
     perms, spec = _perms(runs, align, device, state) if align else (None, None)
+    return overlaps([str(r.path) for r in runs], masks, perms, spec)
+
+
+def overlaps(names: Sequence[str], masks: Sequence[dict], perms=None, spec=None) -> dict:
+    """The overlap matrix of ``masks`` and each pair's numbers, raw and (with ``perms[(i, j)]``
+    mapping network j onto network i, for ``spec``) aligned."""
+    from gauge import aligned_mask_overlap, mask_overlap, overlap_matrix
+    from tickets import sparsity
     mat = overlap_matrix(dict(zip(names, masks)), perms=perms, spec=spec)
     pairs = {}
-    for i in range(len(runs)):
-        for j in range(i + 1, len(runs)):
+    for i in range(len(masks)):
+        for j in range(i + 1, len(masks)):
             entry = {"raw": mask_overlap(masks[i], masks[j]).to_dict()}
             if perms is not None:
                 entry["aligned"] = aligned_mask_overlap(spec, perms[(i, j)], masks[i],
                                                         masks[j]).to_dict()
             pairs[f"{i}-{j}"] = entry
     return {"density": sparsity(masks[0]).density, "matrix": mat.to_dict(), "pairs": pairs}
+
+
+def _openlth_tickets(paths, level: int) -> tuple[list[str], list[str], list[str]]:
+    """``(names, mask paths, dense weight paths)`` of the replicates of OpenLTH trees: each
+    replicate's level-``level`` mask and its level-0 trained weights."""
+    from tickets.openlth import open_openlth
+    names, masks, weights = [], [], []
+    for path in paths:
+        tree = open_openlth(path)
+        for rep in tree.replicates():
+            masks.append(str(tree.level(rep, level).path))
+            weights.append(str(tree.level(rep, 0).final))
+            names.append(f"{path}/replicate_{rep}" if len(tree.replicates()) > 1 else str(path))
+    return names, masks, weights
+
+
+def compute_files(mask_paths: Sequence[str], weight_paths: Sequence[str] | None, args, *,
+                  names: Sequence[str] | None = None, level: int = 0, device="cpu"
+                  ) -> OverlapAnalysis:
+    """Overlap of masks read from files (:func:`tickets.masks.load_mask`), aligned (with
+    ``args.align``) on the dense weights ``weight_paths`` read onto one model
+    (:func:`analyses.common.load_model_and_params`)."""
+    from gauge import check_same_keys, infer_spec
+    from tickets.masks import load_mask
+    from analyses.common import load_data, load_model_and_params
+    from analyses.study import align_params
+    if len(mask_paths) < 2:
+        raise UsageError("give at least two masks (or run directories) to compare")
+    if weight_paths is not None and len(weight_paths) != len(mask_paths):
+        raise UsageError(f"--weights gives {len(weight_paths)} checkpoints for "
+                         f"{len(mask_paths)} masks; give one per mask, in the same order")
+    if args.align and weight_paths is None:
+        raise UsageError(f"--align {args.align} needs --weights A B ...: the dense weights each "
+                         "mask is aligned on")
+    names = list(names or mask_paths)
+    perms = spec = None
+    if weight_paths is None:
+        masks = [load_mask(p) for p in mask_paths]
+    else:
+        data = load_data(args.data, root=args.root) if args.data else None
+        loaded = load_model_and_params(weight_paths, args, data)
+        masks = [load_mask(m, params) for m, params in zip(mask_paths, loaded.params)]
+        if args.align:
+            if args.align == "activation" and data is None:
+                raise UsageError("--align activation needs --data (the inputs to correlate on)")
+            spec = infer_spec(loaded.model, loaded.example_input())
+            perms = {(i, j): align_params(loaded.model, spec, loaded.params[i],
+                                          loaded.params[j], args.align, data, device=device)[1]
+                     for i in range(len(masks)) for j in range(i + 1, len(masks))}
+    for m, p in zip(masks[1:], mask_paths[1:]):
+        check_same_keys(masks[0], m, names=(mask_paths[0], p), what="masks")
+    return OverlapAnalysis(runs=names, align=args.align if perms else None,
+                           levels={str(level): overlaps(names, masks, perms, spec)})
 
 
 def compute(run_dirs: Sequence[Path], *, levels: Sequence[int] | None = None,
@@ -186,21 +269,38 @@ def run(args) -> int:
     if args.common_basis:
         from analyses.consensus import run_common_basis
         return run_common_basis(args)
-    if len(args.runs) < 2:
-        raise UsageError("give at least two run directories")
-    plot_path = check_outputs(args)
+    plot_path = check_outputs(args, [*args.runs, *(args.masks or []), *(args.weights or [])])
     device = resolve_device(args.device)
-    result = compute(args.runs, levels=[args.level], align=args.align, device=device)
+    if args.masks:
+        if args.runs:
+            raise UsageError("give run directories or --masks, not both")
+        result = compute_files(args.masks, args.weights, args, device=device,
+                               level=args.level or 0)
+    elif args.weights:
+        raise UsageError("--weights goes with --masks MA MB ...")
+    elif args.runs and all(is_openlth_tree(p) for p in args.runs):
+        if args.level is None:
+            raise UsageError("--level L: the OpenLTH level whose masks to compare")
+        names, masks, weights = _openlth_tickets(args.runs, args.level)
+        result = compute_files(masks, weights, args, names=names, level=args.level,
+                               device=device)
+    else:
+        if len(args.runs) < 2:
+            raise UsageError("give at least two run directories (or --masks MA MB ...)")
+        if args.level is None:
+            raise UsageError("--level L: the IMP level whose masks to compare")
+        result = compute(args.runs, levels=[args.level], align=args.align, device=device)
     out = result.to_dict()
     if plot_path is not None:
         out["figures"] = [str(p) for p in plot(result, plot_path.parent,
                                                stem=figure_stem(plot_path))]
-    if args.json != "-" and not args.quiet:
+    if args.json != "-":
         r = result.table()[0]
         print(f"level {r['level']} ({100 * r['density']:.1f}% weights), {r['pairs']} pair(s): "
               f"Jaccard raw {r['jaccard_raw']:.4f} (z {r['z_raw'] or 0:+.1f}), chance "
               f"{r['jaccard_chance']:.4f}" + (f", aligned {r['jaccard_aligned']:.4f} (z "
-                                              f"{r['z_aligned'] or 0:+.1f})" if args.align else ""))
+                                              f"{r['z_aligned'] or 0:+.1f})"
+                                              if r["jaccard_aligned"] is not None else ""))
     emit_json(args.json, out)
     return 0
 

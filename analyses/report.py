@@ -385,6 +385,12 @@ def expand_sweeps(paths: Sequence[str | Path]) -> list[str | Path]:
 
 
 def run(args) -> int:
+    from analyses.study import is_openlth_tree
+    for path in args.runs:
+        if is_openlth_tree(path):
+            raise UsageError(f"{path}: an OpenLTH run; the report reads IMP run directories "
+                             f"(gauge imp --out); compare OpenLTH replicates with gauge overlap "
+                             f"{path} --level L, move their tickets with gauge transfer")
     device = resolve_device(args.device)
     t0 = time.perf_counter()
     log = log_for(args)

@@ -23,7 +23,8 @@ from tickets import RunInfo, load_level, open_run
 
 __all__ = ["open_runs", "group_labels", "group_runs", "primary_runs", "common_levels",
            "require_levels", "sparsest_pruned_level", "level_metrics", "arch_label",
-           "same_architecture", "example_input", "align_params", "align_seeds"]
+           "same_architecture", "example_input", "align_params", "align_seeds",
+           "is_openlth_tree"]
 
 # run.json keys that may differ between runs of one configuration.
 _PER_RUN_KEYS = {"seed", "data_seed", "dataset_seed", "versions", "versions_first", "root",
@@ -47,6 +48,15 @@ def open_runs(run_dirs: Sequence[str | Path | RunInfo], *, unique: bool = False
         seen.add(key)
         runs.append(run)
     return runs
+
+
+def is_openlth_tree(path: str | Path) -> bool:
+    """True for a folder OpenLTH wrote (a run with ``replicate_*``, one replicate, or one
+    ``level_L/main``), not a toolkit run directory."""
+    from tickets.openlth import is_openlth_level
+    p = Path(path)
+    return p.is_dir() and not (p / "run.json").exists() and (
+        any(p.glob("replicate_*")) or p.name.startswith("replicate_") or is_openlth_level(p))
 
 
 def _config_key(meta: Mapping) -> str:

@@ -1,29 +1,32 @@
-"""gauge train: train a zoo model on an offline dataset and save a checkpoint.
+"""gauge train: train a model on an offline dataset and save a checkpoint.
 
-The checkpoint is a safetensors file whose metadata records the model, its options, the
-dataset, the seeds and the training config, so every other subcommand can rebuild the model.
+--model is a zoo name or the user's own architecture (pkg.module:factory,
+path/to/file.py:factory, torchvision:NAME, timm:NAME; docs/byo.md); --data a dataset name, a
+.npz/.pt/.safetensors file or pkg.module:factory, which must fit the model. A .safetensors
+checkpoint's metadata records the model, its options, the dataset, the seeds and the training
+config, so every other subcommand can rebuild the model; --out x.pt writes a plain state_dict.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 
-from analyses.common import (UsageError, add_device_argument, add_json_argument, emit_json,
-                             ensure_output_path, progress_enabled, resolve_device)
+from analyses.common import (UsageError, add_device_argument, add_json_argument,
+                             add_model_arguments, check_data_fits, emit_json,
+                             ensure_checkpoint_output, load_data, progress_enabled,
+                             resolve_device)
 
-HELP = "train a zoo model on an offline dataset and save a safetensors checkpoint"
+HELP = "train a model on an offline dataset and save a checkpoint"
 
 
 def add_training_arguments(parser) -> None:
     """Model, data and TrainConfig overrides shared by train, imp and instability."""
     from tickets.data import dataset_names
-    from tickets.models import model_names
-    g = parser.add_argument_group("model and data")
-    g.add_argument("--model", required=True, help=f"zoo model: {', '.join(model_names())}")
-    g.add_argument("--model-kwargs", default=None, metavar="JSON",
-                   help='architecture options as JSON, e.g. \'{"widths": [100, 100]}\'')
-    g.add_argument("--data", required=True, help=f"dataset: {', '.join(dataset_names())}")
+    add_model_arguments(parser, required=True, input_shape=False)
+    g = parser.add_argument_group("data")
+    g.add_argument("--data", required=True, help=f"dataset: {', '.join(dataset_names())}, a "
+                   ".npz/.pt/.safetensors file (x/y or x_train/y_train/x_test/y_test) or "
+                   "pkg.module:factory")
     g.add_argument("--root", default=None, help="folder with the dataset files (mnist, "
                    "fashion_mnist, cifar10); nothing is downloaded")
     g.add_argument("--seed", type=int, default=0, help="seed of the weight init (default 0)")
@@ -67,47 +70,53 @@ def config_from_args(args):
 
 
 def model_kwargs_from_args(args) -> dict:
-    if not args.model_kwargs:
-        return {}
-    try:
-        kwargs = json.loads(args.model_kwargs)
-    except json.JSONDecodeError as e:
-        raise UsageError(f"--model-kwargs is not valid JSON ({e})") from e
-    if not isinstance(kwargs, dict):
-        raise UsageError("--model-kwargs must be a JSON object")
-    return kwargs
+    """``--model-kwargs`` as a dict."""
+    from tickets.sources import parse_model_kwargs
+    return parse_model_kwargs(args.model_kwargs)
+
+
+def model_and_data_from_args(args):
+    """``(source, kwargs, model, data)`` of the shared training arguments: the canonical model
+    source (what a run records), its kwargs, the model built from ``--seed`` and the data,
+    checked to fit it."""
+    from tickets.sources import resolve_model, source_spec
+    kwargs = model_kwargs_from_args(args)
+    source = source_spec(args.model)
+    data = load_data(args.data, root=args.root, seed=args.seed)
+    model = resolve_model(source, kwargs=kwargs, num_classes=data.num_classes,
+                          input_shape=data.input_shape, seed=args.seed)
+    check_data_fits(model, data, data_name=args.data, model_name=args.model)
+    return source, kwargs, model, data
 
 
 def add_arguments(parser) -> None:
     add_training_arguments(parser)
-    parser.add_argument("--out", required=True, help="output checkpoint (.safetensors)")
+    parser.add_argument("--out", required=True,
+                        help="output checkpoint: .safetensors (with metadata) or .pt/.pth")
     add_json_argument(parser)
 
 
 def run(args) -> int:
-    from tickets.data import load_dataset
-    from tickets.models import build_model
-    from tickets.store import save_checkpoint, versions
+    from tickets.sources import model_meta
+    from tickets.store import save_params, versions
     from tickets.train import train
 
-    out = ensure_output_path(args.out, "checkpoint")
+    out = ensure_checkpoint_output(args.out)
     device = resolve_device(args.device)
-    kwargs = model_kwargs_from_args(args)
-    data = load_dataset(args.data, root=args.root, seed=args.seed)
+    source, kwargs, model, data = model_and_data_from_args(args)
     cfg = config_from_args(args)
-    model = build_model(args.model, num_classes=data.num_classes, input_shape=data.input_shape,
-                        seed=args.seed, **kwargs)
     data_seed = args.seed if args.data_seed is None else args.data_seed
     result = train(model, data, cfg, seed=args.seed, data_seed=data_seed, device=device,
                    progress=progress_enabled(args), desc=f"train {args.model}")
     if result.nonfinite:
         raise UsageError(f"training diverged (non-finite loss at iteration {result.iters}); "
                          f"nothing written to {out}; try a smaller --lr")
-    meta = {"model": args.model, "model_kwargs": kwargs, "num_classes": data.num_classes,
-            "input_shape": list(data.input_shape), "dataset": args.data, "seed": args.seed,
+    meta = {**model_meta(source, kwargs=kwargs, num_classes=data.num_classes,
+                         input_shape=data.input_shape),
+            "dataset": data.name, "seed": args.seed,
             "data_seed": data_seed, "iteration": result.iters, "train_config": cfg.to_dict(),
             "versions": versions()}
-    save_checkpoint(out, result.params, meta)
+    save_params(out, result.params, meta)
     summary = {"checkpoint": str(out), "model": args.model, "dataset": args.data,
                "test_acc": result.test_acc, "test_loss": result.test_loss,
                "train_acc": result.train_acc, "train_loss": result.train_loss,

@@ -9,8 +9,16 @@ that mask with B's training config and data order. Reported next to it, all from
 rewind weights: A's mask unpermuted ("naive"), a random mask with the same per-layer survivor
 counts, and B's own ticket at level L (read from B's run directory).
 
-Example:
+The ticket may also come from outside the toolkit: --ticket an OpenLTH replicate (its
+level_L mask, aligned on its level-0 trained weights), or a mask file (safetensors/.pt keyed by
+parameter name, a pruned state_dict, an OpenLTH mask.pth) with --weights A, the dense weights
+of the network it was found in (any checkpoint format). B is always an IMP run directory: its
+training config, data and rewind weights are what the ticket is trained with.
+
+Examples:
   gauge transfer --ticket runs/s0 --level 3 --to runs/s1 --json transfer.json
+  gauge transfer --ticket open_lth_data/lottery_x/replicate_1 --level 3 --to runs/s1
+  gauge transfer --ticket mask_a.pt --weights a.pt --level 3 --to runs/s1
 """
 
 from __future__ import annotations
@@ -21,8 +29,8 @@ from typing import Sequence
 
 from analyses.common import (NotApplicable, UsageError, add_output_arguments, check_outputs,
                              emit_json, figure_stem, percent, resolve_device)
-from analyses.study import (align_seeds, example_input, open_runs, require_levels,
-                            same_architecture, sparsest_pruned_level)
+from analyses.study import (align_seeds, example_input, is_openlth_tree, open_runs,
+                            require_levels, same_architecture, sparsest_pruned_level)
 from tickets.runs import cache_file, level_stamp, read_cache, write_cache
 from tickets.transfer import TransferResult, transfer_ticket
 
@@ -32,7 +40,10 @@ CACHE_VERSION = 1
 
 def add_arguments(parser) -> None:
     parser.add_argument("--ticket", required=True, metavar="RUN_A",
-                        help="IMP run directory the ticket comes from")
+                        help="IMP run directory the ticket comes from, an OpenLTH replicate, "
+                             "or a mask file (with --weights)")
+    parser.add_argument("--weights", default=None, metavar="CKPT",
+                        help="with a mask file as --ticket: the dense weights of its network")
     parser.add_argument("--level", type=int, required=True, help="level of the ticket in RUN_A")
     parser.add_argument("--to", required=True, metavar="RUN_B",
                         help="IMP run directory (another seed, same architecture) to move it to")
@@ -118,16 +129,69 @@ def plot(result: TransferResult, out_dir: Path, *, stem: str | Path | None = Non
     return save_figure(fig, Path(stem) if stem else Path(out_dir) / "transfer")
 
 
+def _external_ticket(args) -> tuple[dict, dict, str]:
+    """``(mask, dense weights, name)`` of a ticket that is not a run directory: an OpenLTH
+    replicate's level (aligned on its level-0 trained weights) or a mask file with
+    ``--weights``; both read onto B's model (:func:`tickets.masks.load_mask`)."""
+    from tickets import build_run_model
+    from tickets.checkpoints import read_params
+    from tickets.masks import load_mask
+    from tickets.openlth import open_openlth
+    b = open_runs([args.to])[0]
+    model = build_run_model(b)
+    path = Path(args.ticket)
+    if path.is_dir():
+        if args.weights:
+            raise UsageError("--weights goes with a mask file as --ticket")
+        tree = open_openlth(path)
+        if len(tree.replicates()) > 1:
+            raise UsageError(f"{path}: an OpenLTH run with replicates {tree.replicates()}; name "
+                             f"one, e.g. {path / f'replicate_{tree.replicates()[0]}'}")
+        rep = tree.replicates()[0]
+        mask_at, dense_at = tree.level(rep, args.level).path, tree.level(rep, 0).final
+    else:
+        if not args.weights:
+            raise UsageError(f"--ticket {path} is a mask file: give --weights A, the dense "
+                             "weights of the network it was found in (to align on)")
+        mask_at, dense_at = path, args.weights
+    dense = read_params(dense_at, model).params
+    return load_mask(mask_at, dense), dense, str(path)
+
+
+def transfer_external(args, device) -> TransferResult:
+    """``gauge transfer`` with a ticket from an OpenLTH replicate or a mask file."""
+    from gauge import infer_spec
+    from tickets import build_run_model, load_level, load_run_data
+    from tickets.transfer import transfer_mask
+    from analyses.study import align_params
+    mask, dense_a, name = _external_ticket(args)
+    b = open_runs([args.to])[0]
+    require_levels([b], [args.level, 0])
+    model = build_run_model(b)
+    spec = infer_spec(model, example_input(b.meta))
+    data = load_run_data(b)
+    _, perm = align_params(model, spec, dense_a, load_level(b, 0).final, args.align, data,
+                           seed=args.seed, device=device)
+    return transfer_mask(mask, name, b, args.level, spec, perm, align=args.align,
+                         seed=args.seed, data=data, device=device)
+
+
 def run(args) -> int:
-    plot_path = check_outputs(args)
+    plot_path = check_outputs(args, [args.ticket, args.to] + ([args.weights] if args.weights
+                                                              else []))
     device = resolve_device(args.device)
-    res = transfer(args.ticket, args.to, args.level, align=args.align, seed=args.seed,
-                   device=device)
+    if not Path(args.ticket).is_file() and not is_openlth_tree(args.ticket):
+        if args.weights:
+            raise UsageError("--weights goes with a mask file as --ticket, not a run directory")
+        res = transfer(args.ticket, args.to, args.level, align=args.align, seed=args.seed,
+                       device=device)
+    else:
+        res = transfer_external(args, device)
     out = res.to_dict()
     if plot_path is not None:
         out["figures"] = [str(p) for p in plot(res, plot_path.parent,
                                                stem=figure_stem(plot_path))]
-    if args.json != "-" and not args.quiet:
+    if args.json != "-":
         print(f"ticket {args.ticket} level {args.level} ({100 * res.density:.1f}% weights) -> "
               f"{args.to}:")
         for r in res.rows:

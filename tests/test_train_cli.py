@@ -76,7 +76,7 @@ class _Evil:
 
 def test_bad_checkpoints_through_cli_loader(tmp_path):
     """The loader the analyses use: one line, naming the file, for each kind of bad file."""
-    from analyses.common import load_checkpoint_for_cli
+    from analyses.common import load_model_and_params
     from tickets.errors import CheckpointError
     import pytest
     with open(tmp_path / "evil.pt", "wb") as f:
@@ -84,5 +84,5 @@ def test_bad_checkpoints_through_cli_loader(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 50)
     for name in ("evil.pt", "junk.safetensors"):
         with pytest.raises(CheckpointError, match=name):
-            load_checkpoint_for_cli(str(tmp_path / name))
+            load_model_and_params(str(tmp_path / name))
     assert not (tmp_path / "PWNED").exists()

@@ -38,7 +38,6 @@ from torch import nn
 from tickets import prune as P
 from tickets.data import DataSplits
 from tickets.errors import ConfigError, RunError
-from tickets.models import build_model
 from tickets.runs import (FORMAT, FORMAT_VERSION, LAST_FILE, completed_levels, level_dir,
                           load_level, open_run)
 from tickets.store import load_json, save_checkpoint, save_json, versions
@@ -106,7 +105,7 @@ class ImpConfig:
     Build one with :meth:`build` (paper defaults filled in, every option checked)."""
 
     format_version: int = FORMAT_VERSION
-    model: str
+    model: str  # a model source (tickets.sources): zoo name, pkg.module:factory, file.py:factory
     model_kwargs: dict = field(default_factory=dict)
     num_classes: int
     input_shape: tuple[int, ...]
@@ -127,7 +126,8 @@ class ImpConfig:
     initial_mask: str | None = None
 
     @classmethod
-    def build(cls, model_name: str, data: DataSplits, cfg: TrainConfig, *, seed: int,
+    def build(cls, model_name: str | Callable[..., nn.Module], data: DataSplits,
+              cfg: TrainConfig, *, seed: int,
               fraction: float | None = None, strategy: str | None = None,
               rewind_iter: int = 0, data_seed: int | None = None,
               model_kwargs: Mapping[str, Any] | None = None,
@@ -135,12 +135,16 @@ class ImpConfig:
               ignore: Iterable[str] | None = None,
               mask: Mapping[str, torch.Tensor] | None = None,
               dataset_seed: int | None = None, root: str | Path | None = None) -> ImpConfig:
-        """The config of IMP on zoo model ``model_name`` and ``data`` (options as in
-        :func:`run_imp`; ``None`` takes :func:`default_pruning`). Raises ``ConfigError``/
-        ``ModelError`` naming the bad option."""
+        """The config of IMP on model ``model_name`` and ``data`` (options as in
+        :func:`run_imp`; ``None`` takes :func:`default_pruning`). ``model_name`` is a model
+        source (:func:`tickets.sources.source_spec`), recorded in its canonical form so that
+        the run directory rebuilds the model. Raises ``ConfigError``/``ModelError`` naming the
+        bad option."""
+        from tickets.sources import resolve_model, source_spec
+        model_name = source_spec(model_name)
         model_kwargs = dict(model_kwargs or {})
-        model = build_model(model_name, num_classes=data.num_classes,
-                            input_shape=data.input_shape, seed=seed, **model_kwargs)
+        model = resolve_model(model_name, kwargs=model_kwargs, num_classes=data.num_classes,
+                              input_shape=data.input_shape, seed=seed)
         rule = _pruning_rule(model_name, model, fraction, strategy, layer_fractions, ignore)
         n_train = len(data.train)
         total = cfg.total_iters(n_train)
@@ -183,10 +187,11 @@ class ImpConfig:
         return None
 
     def build_model(self, seed: int | None = None) -> nn.Module:
-        """The run's zoo model, initialised from ``seed`` (default the run's seed)."""
-        return build_model(self.model, num_classes=self.num_classes,
-                           input_shape=self.input_shape,
-                           seed=self.seed if seed is None else seed, **self.model_kwargs)
+        """The run's model, initialised from ``seed`` (default the run's seed)."""
+        from tickets.sources import resolve_model
+        return resolve_model(self.model, kwargs=self.model_kwargs, num_classes=self.num_classes,
+                             input_shape=self.input_shape,
+                             seed=self.seed if seed is None else seed)
 
 
 def _pruning_rule(model_name: str, model: nn.Module, fraction, strategy, layer_fractions,
@@ -255,7 +260,8 @@ class ImpResult:
 
 # --------------------------------------------------------------------------- IMP
 
-def run_imp(model_name: str | ImpConfig, data: DataSplits, cfg: TrainConfig | None = None, *,
+def run_imp(model_name: str | Callable[..., nn.Module] | ImpConfig, data: DataSplits,
+            cfg: TrainConfig | None = None, *,
             levels: int, fraction: float | None = None, strategy: str | None = None,
             rewind_iter: int = 0, seed: int | None = None, data_seed: int | None = None,
             out_dir: str | Path, control: str | Iterable[str] | None = None,
@@ -268,8 +274,11 @@ def run_imp(model_name: str | ImpConfig, data: DataSplits, cfg: TrainConfig | No
             on_level: Callable[[dict], None] | None = None) -> ImpResult:
     """Find a lottery ticket by IMP with rewinding (see module docstring) into ``out_dir``.
 
-    ``model_name``: a zoo model, or an :class:`ImpConfig` (then ``cfg``, ``seed`` and the
-    pruning options come from it and must be left out). ``levels``: number of pruning rounds
+    ``model_name``: a model source (a zoo name, ``pkg.module:factory``,
+    ``path/to/file.py:factory``, ...; see :mod:`tickets.sources`), an importable factory (a
+    class or function, recorded as ``module:qualname``), or an :class:`ImpConfig` (then
+    ``cfg``, ``seed`` and the pruning options come from it and must be left out). Models that
+    are not in the zoo are pruned with the global rule (20%, output layer kept). ``levels``: number of pruning rounds
     (levels ``0..levels``; 0 = dense only). ``fraction``/``strategy``/``layer_fractions``/
     ``ignore``: pruning rule; ``None`` takes the paper defaults of :func:`default_pruning`
     (explicit ``layer_fractions`` and ``ignore`` replace the defaults for the layers they

@@ -26,7 +26,6 @@ import torch
 
 from tickets.data import DataSplits
 from tickets.errors import ConfigError
-from tickets.models import build_model
 from tickets.prune import check_mask, sparsity
 from tickets.train import TrainConfig, train
 
@@ -107,7 +106,8 @@ def _parent(model, data: DataSplits, cfg: TrainConfig, ks: list[int], *, seed: i
                  device=device)
 
 
-def instability(model_name: str, data: DataSplits, cfg: TrainConfig, *,
+def instability(model_name: str | Callable[..., torch.nn.Module], data: DataSplits,
+                cfg: TrainConfig, *,
                 rewind_iters: Iterable[int] = (0,), seed: int, data_seeds=(1, 2),
                 mask: Mapping[str, torch.Tensor] | None = None,
                 model_kwargs: Mapping[str, Any] | None = None,
@@ -132,8 +132,13 @@ def instability(model_name: str, data: DataSplits, cfg: TrainConfig, *,
     total = cfg.total_iters(len(data.train))
     ks, seeds = _check(rewind_iters, data_seeds, total)
     parent_ds = int(seed if parent_data_seed is None else parent_data_seed)
-    model = build_model(model_name, num_classes=data.num_classes, input_shape=data.input_shape,
-                        seed=seed, **kwargs)
+    from tickets.sources import resolve_model, source_spec
+    model_name = source_spec(model_name)
+
+    def build():
+        return resolve_model(model_name, kwargs=kwargs, num_classes=data.num_classes,
+                             input_shape=data.input_shape, seed=seed)
+    model = build()
     density = 1.0
     if mask is not None:
         checked = check_mask(dict(model.named_parameters()), mask, f"mask for {model_name}",
@@ -144,8 +149,7 @@ def instability(model_name: str, data: DataSplits, cfg: TrainConfig, *,
     rows, paths = [], {}
     for k in ks:
         start = model.state_dict() if k == 0 else parent.checkpoints[k]
-        child_model = build_model(model_name, num_classes=data.num_classes,
-                                  input_shape=data.input_shape, seed=seed, **kwargs)
+        child_model = build()
         child_model.load_state_dict(start)
         finals, accs = [], []
         for ds in seeds:

@@ -32,7 +32,7 @@ from tickets.errors import ModelError
 from tickets.factories import load_factory, one_line, split_factory_spec
 
 __all__ = ["ModelSource", "parse_model_source", "resolve_model", "model_meta",
-           "parse_model_kwargs", "SOURCE_FORMS"]
+           "parse_model_kwargs", "source_spec", "SOURCE_FORMS"]
 
 SOURCE_FORMS = ("a zoo name, pkg.module:factory, path/to/file.py:factory, torchvision:NAME, "
                 "timm:NAME or hf:DIR")
@@ -89,6 +89,24 @@ def parse_model_source(spec: str) -> ModelSource:
     hint = f" (for a Hugging Face folder write hf:{spec})" if is_hf_dir(spec) else ""
     raise ModelError(f"unknown model {spec!r}{hint}; give {SOURCE_FORMS} (zoo: "
                      f"{', '.join(model_names())})")
+
+
+def source_spec(model: str | ModelSource | Any) -> str:
+    """The canonical source string of ``model``: a source string or :class:`ModelSource`, or a
+    class or function importable as ``module:qualname`` (what a run records to rebuild it)."""
+    if isinstance(model, ModelSource):
+        return model.spec
+    if isinstance(model, str):
+        return parse_model_source(model).spec
+    module, name = getattr(model, "__module__", None), getattr(model, "__qualname__", "")
+    if not callable(model) or isinstance(model, nn.Module):
+        raise ModelError(f"model {model!r}: expected a source string or a class or function "
+                         "that returns an nn.Module")
+    if not module or module == "__main__" or "<" in name:
+        raise ModelError(f"model {name or model!r}: a factory must be importable (defined at "
+                         "the top level of a module, not in __main__ or a function) so that "
+                         "the run can rebuild it; or give 'path/to/file.py:factory'")
+    return parse_model_source(f"{module}:{name}").spec
 
 
 def parse_model_kwargs(text: str | None) -> dict[str, Any]:

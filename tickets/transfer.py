@@ -23,7 +23,7 @@ from tickets.prune import Mask, random_mask, sparsity
 from tickets.runs import RunInfo, build_run_model, load_level, load_run_data
 from tickets.train import train
 
-__all__ = ["TransferResult", "moved_masks", "transfer_ticket", "VARIANTS"]
+__all__ = ["TransferResult", "moved_masks", "transfer_ticket", "transfer_mask", "VARIANTS"]
 
 #: The rows of a :class:`TransferResult`, in order.
 VARIANTS = ("permuted", "naive", "random", "own")
@@ -71,21 +71,32 @@ def transfer_ticket(run_a: RunInfo, run_b: RunInfo, level: int, spec,
     the record); ``data``: B's dataset (default :func:`tickets.runs.load_run_data`).
     Raises :class:`RunError` for a missing level, :class:`ConfigError` when the two tickets
     cover different weights."""
+    return transfer_mask(load_level(run_a, level).mask, str(run_a.path), run_b, level, spec,
+                         perm, align=align, seed=seed, data=data, device=device)
+
+
+def transfer_mask(mask: Mask, ticket: str, run_b: RunInfo, level: int, spec,
+                  perm: Mapping[str, torch.Tensor], *, align: str = "weight", seed: int = 0,
+                  data: DataSplits | None = None, device="cpu") -> TransferResult:
+    """:func:`transfer_ticket` for a ticket given as its ``mask`` (in A's basis; ``ticket``
+    names where it came from: a mask file, an OpenLTH level), compared with B's own ticket at
+    ``level``."""
     from gauge.overlap import mask_overlap
-    ticket, own = load_level(run_a, level), load_level(run_b, level)
-    if set(ticket.mask) != set(own.mask):
-        raise ConfigError(f"the masks of {run_a.path} and {run_b.path} cover different weights")
+    own = load_level(run_b, level)
+    if set(mask) != set(own.mask):
+        raise ConfigError(f"the masks of {ticket} and {run_b.path} cover different weights "
+                          f"({sorted(set(mask) ^ set(own.mask))[0]!r} is in one only)")
+    mask = {k: mask[k] for k in own.mask}  # B's order, so the random control is reproducible
     rewind = load_level(run_b, 0).init  # level 0's init holds B's rewind point theta_k
     data = load_run_data(run_b) if data is None else data
-    masks = moved_masks(spec, perm, ticket.mask, seed=seed)
-    rows = [_train_under(run_b, rewind, data, name, mask, device) for name, mask in masks.items()]
+    masks = moved_masks(spec, perm, mask, seed=seed)
+    rows = [_train_under(run_b, rewind, data, name, m, device) for name, m in masks.items()]
     rows.append({"mask": "own", "test_acc": own.metrics.get("test_acc"),
                  "test_loss": own.metrics.get("test_loss"),
                  "train_acc": own.metrics.get("train_acc"), "source": str(own.path)})
-    overlap = {name: mask_overlap(mask, own.mask).overall.to_dict()
-               for name, mask in masks.items()}
-    return TransferResult(ticket=str(run_a.path), to=str(run_b.path), level=int(level),
-                          align=align, density=sparsity(ticket.mask).density, rows=rows,
+    overlap = {name: mask_overlap(m, own.mask).overall.to_dict() for name, m in masks.items()}
+    return TransferResult(ticket=ticket, to=str(run_b.path), level=int(level),
+                          align=align, density=sparsity(mask).density, rows=rows,
                           overlap_with_own=overlap)
 
 
