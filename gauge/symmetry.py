@@ -29,6 +29,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from gauge.batches import as_data, forward, logits_of
 from gauge.errors import SpecError, check_same_keys
 from gauge.spec import PermutationSpec
 
@@ -307,13 +308,15 @@ def canonicalize_scale(spec: PermutationSpec, params: Mapping[str, torch.Tensor]
 
 
 def function_distance(model: nn.Module, params_a: Mapping[str, torch.Tensor],
-                      params_b: Mapping[str, torch.Tensor], inputs: torch.Tensor, *,
+                      params_b: Mapping[str, torch.Tensor], inputs, *,
                       batch_size: int = 1024, device: str | torch.device | None = None) -> float:
-    """``max |f(x; params_a) - f(x; params_b)|`` over ``inputs`` (eval mode; the model's own
-    weights and mode are left unchanged). Raises :class:`MismatchError` for different keys or
-    shapes."""
+    """``max |f(x; params_a) - f(x; params_b)|`` of the logits (:func:`gauge.batches.logits_of`)
+    over ``inputs``, a tensor or data in any form of :mod:`gauge.batches` (eval mode; the
+    model's own weights and mode are left unchanged). Raises :class:`MismatchError` for
+    different keys or shapes."""
     check_same_keys(params_a, params_b)
-    device = torch.device(device) if device is not None else inputs.device
+    data = as_data(inputs, "inputs")
+    device = torch.device(device) if device is not None else data.device or torch.device("cpu")
     was = model.training
     model.eval()
     worst = 0.0
@@ -321,10 +324,9 @@ def function_distance(model: nn.Module, params_a: Mapping[str, torch.Tensor],
         pa = {k: v.to(device) for k, v in params_a.items()}
         pb = {k: v.to(device) for k, v in params_b.items()}
         with torch.no_grad():
-            for i in range(0, len(inputs), batch_size):
-                x = inputs[i:i + batch_size].to(device)
-                ya = torch.func.functional_call(model, pa, (x,))
-                yb = torch.func.functional_call(model, pb, (x,))
+            for batch in data.batches(batch_size, device):
+                ya = logits_of(forward(model, batch, pa, name=data.name))
+                yb = logits_of(forward(model, batch, pb, name=data.name))
                 worst = max(worst, float((ya - yb).abs().max()))
     finally:
         model.train(was)
