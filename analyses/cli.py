@@ -19,6 +19,7 @@ COMMANDS = {
     "transfer": "move a ticket from one seed to another by permuting its mask (sparse re-basin)",
     "flatness": "Hessian spectrum, trace, sharpness and landscapes, raw and gauge-fixed",
     "report": "build the HTML report (figures + results.json) from existing IMP run directories",
+    "spec": "show the permutation spec of a model: groups, members, what is held fixed, as a graph",
     "demo": "run the whole study on embedded MNIST-1D and write a report",
 }
 

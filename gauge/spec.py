@@ -198,6 +198,16 @@ class PermutationSpec:
                                            for k, ax in self.perm_to_axes[g]]}
                            for g in self.groups}}
 
+    def to_networkx(self):
+        """The spec as a graph of groups and parameter axes (:func:`gauge.spec_graph.spec_graph`)."""
+        from gauge.spec_graph import spec_graph
+        return spec_graph(self)
+
+    def describe_fixed(self) -> str:
+        """The axes no group permutes, by module (:func:`gauge.spec_graph.describe_fixed`)."""
+        from gauge.spec_graph import describe_fixed
+        return describe_fixed(self)
+
 
 def axis_layout(spec: PermutationSpec, name: str, axis: int) -> tuple[int, int]:
     """``(repeat, block)`` of an axis (module-level alias of :meth:`PermutationSpec.layout`)."""
