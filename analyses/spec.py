@@ -117,7 +117,8 @@ def _layout(graph):
     groups = [(n, d) for n, d in graph.nodes(data=True) if d["kind"] == "group"]
     spans = []
     for n, d in groups:
-        xs = [mods[graph.nodes[a]["module"]] for a in graph.neighbors(n)]
+        xs = [mods[graph.nodes[a]["module"]] for a in graph.neighbors(n)
+              if graph.nodes[a]["kind"] == "axis"] or [0]
         spans.append((min(xs), max(xs), n))
     rows: list[float] = []  # right end of the last group in each row
     for lo, hi, n in sorted(spans):
@@ -151,6 +152,8 @@ def plot(result: SpecAnalysis, path) -> None:
     for n, d in graph.nodes(data=True):
         if d["kind"] == "group":
             for a in graph.neighbors(n):
+                if graph.nodes[a]["kind"] != "axis":
+                    continue
                 view.add_edge(n, graph.nodes[a]["module"], role=graph.edges[n, a]["role"])
     n_rows = 1 + max([y for _, y in pos.values()] + [0])
     fig, axes = new_figure(width=max(6.0, 0.28 * len(mods)), height=max(3.0, 0.45 * n_rows + 1.6))

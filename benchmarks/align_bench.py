@@ -176,13 +176,18 @@ def make_pair(name, kind, seed):
         pa = model.state_dict()
         pb = build_model(zoo, num_classes=10, input_shape=shape, seed=1 + seed, **kw).state_dict()
         return model, spec, dict(pa), dict(pb), None
+    return (model, spec, *planted_pair(model, spec, seed))
+
+
+def planted_pair(model, spec, seed):
+    """``(A, B, P)``: every tensor of A N(0, 1), B = P(A + 0.6 N(0, 1))."""
     gen = torch.Generator().manual_seed(seed)
     pa = {k: torch.randn(v.shape, generator=gen) if v.dtype.is_floating_point else v
           for k, v in model.state_dict().items()}
     noisy = {k: v + 0.6 * torch.randn(v.shape, generator=gen) if v.dtype.is_floating_point
              else v for k, v in pa.items()}
     planted = random_permutation(spec, 1000 + seed)
-    return model, spec, pa, apply_permutation(spec, planted, noisy), planted
+    return pa, apply_permutation(spec, planted, noisy), planted
 
 
 def l2(pa, pb):
@@ -198,10 +203,16 @@ def recovery(spec, perm, planted):
 
 
 class PeakRSS:
-    """Peak resident memory above the level at entry (MB), sampled every 5 ms (Linux)."""
+    """Peak resident memory above the level at entry (MB), sampled every 5 ms (Linux). Freed
+    heap is handed back to the OS first (``malloc_trim``), else a method reusing memory an
+    earlier one freed would look free of cost."""
 
     def __enter__(self):
+        import ctypes
+        import gc
         import threading
+        gc.collect()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
         self.base = self.peak = self._rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)

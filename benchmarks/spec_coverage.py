@@ -119,17 +119,6 @@ def rel_error(model, params_a, params_b, x) -> float:
     return float((ya - yb).norm() / ya.norm().clamp_min(1e-30))
 
 
-def planted_pair(model, spec, seed=0):
-    from gauge import apply_permutation, random_permutation
-    gen = torch.Generator().manual_seed(seed)
-    pa = {k: torch.randn(v.shape, generator=gen) if v.dtype.is_floating_point else v
-          for k, v in model.state_dict().items()}
-    noisy = {k: v + 0.6 * torch.randn(v.shape, generator=gen) if v.dtype.is_floating_point
-             else v for k, v in pa.items()}
-    planted = random_permutation(spec, 1000 + seed)
-    return pa, apply_permutation(spec, planted, noisy), planted
-
-
 def _err(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
 
@@ -137,6 +126,7 @@ def _err(e: BaseException) -> str:
 def one(name, peers=True, rebasin_max=25e6) -> dict:
     """Every measurement of one model (run in a subprocess by :func:`main`)."""
     from gauge import apply_permutation, infer_spec, invert, random_permutation, weight_matching
+    from align_bench import planted_pair
     from gauge.spec_graph import permuted_fraction
     row = {"model": name}
     model, x = build(name)
@@ -151,7 +141,7 @@ def one(name, peers=True, rebasin_max=25e6) -> dict:
         row["function_error"] = rel_error(model, sd, apply_permutation(
             spec, random_permutation(spec, 0), sd), x)
         row["spec_ok"] = row["function_error"] < 1e-5
-        pa, pb, planted = planted_pair(model, spec)
+        pa, pb, planted = planted_pair(model, spec, 0)
         t0 = time.perf_counter()
         res = weight_matching(spec, pa, pb)
         row["match_s"] = time.perf_counter() - t0

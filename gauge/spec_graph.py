@@ -4,9 +4,12 @@ The spec (:class:`~gauge.spec.PermutationSpec`) is a bipartite structure: groups
 units on one side, the parameter axes they index on the other. :func:`spec_graph` writes it as
 a :class:`networkx.Graph` with
 
-* one node per group (``kind="group"``: ``size``, ``rescalable``, ``members``, ``depth``),
+* one node per group (``kind="group"``: ``size``, ``rescalable``, ``members``, ``depth``;
+  for a nested group the ``outer`` group whose permutation moves its blocks of ``unit_block``
+  units, with an edge ``kind="nested"`` to it),
 * one node per axis of every parameter and buffer (``kind="axis"``: ``param``, ``axis``,
-  ``size``, ``shape``, ``module``, ``group`` or ``""``, ``repeat``/``block`` of its layout,
+  ``size``, ``shape``, ``module``, ``group`` (``""`` if none; ``"a+b+3"`` for an axis
+  concatenating the units of ``a``, of ``b`` and 3 fixed ones), ``repeat``/``block`` of its layout,
   ``permuted``, ``depth``),
 * an edge group--axis for every member (``kind="member"``, the layout and ``role``: ``"out"``
   for axis 0, the producing side, ``"in"`` otherwise) and an edge from axis 0 of a tensor to
@@ -58,30 +61,50 @@ def _depths(spec: PermutationSpec) -> dict[str, int]:
     return out
 
 
+def _entry_groups(entry) -> list[str]:
+    """Groups of an axis entry: one group, or the group pieces of a concatenated axis."""
+    if entry is None:
+        return []
+    if isinstance(entry, tuple):
+        return [p for p in entry if isinstance(p, str)]
+    return [entry]
+
+
+def _entry_label(entry) -> str:
+    return "+".join(map(str, entry)) if isinstance(entry, tuple) else (entry or "")
+
+
 def spec_graph(spec: PermutationSpec) -> nx.Graph:
     """The spec as an undirected graph of groups and parameter axes (see module docstring)."""
     g = nx.Graph(name="permutation spec", groups=len(spec.groups))
     depth = _depths(spec)
     for k, groups in spec.axes.items():
         shape = spec.shapes.get(k, ())
-        for ax, grp in enumerate(groups):
+        for ax, entry in enumerate(groups):
             r, b = spec.layout(k, ax)
             g.add_node(axis_node(k, ax), kind="axis", param=k, axis=ax,
                        size=int(shape[ax]) if ax < len(shape) else 0,
-                       shape="x".join(map(str, shape)), module=_module(k), group=grp or "",
-                       repeat=r, block=b, permuted=grp is not None, depth=depth[_module(k)])
+                       shape="x".join(map(str, shape)), module=_module(k),
+                       group=_entry_label(entry), repeat=r, block=b,
+                       permuted=bool(_entry_groups(entry)), depth=depth[_module(k)])
             if ax > 0:
                 g.add_edge(axis_node(k, 0), axis_node(k, ax), kind="tensor")
+    blocks = getattr(spec, "blocks", {})
     for grp in spec.groups:
         members = spec.perm_to_axes[grp]
         producers = [depth[_module(k)] for k, ax in members if ax == 0]
+        outer, block = blocks.get(grp, (None, 0))
         g.add_node(group_node(grp), kind="group", name=grp, size=spec.sizes[grp],
                    rescalable=grp in spec.rescalable, members=len(members),
-                   depth=min(producers or [depth[_module(k)] for k, _ in members]))
+                   outer=outer or "", unit_block=block,
+                   depth=min(producers or [depth[_module(k)] for k, _ in members] or [0]))
         for k, ax in members:
             r, b = spec.layout(k, ax)
             g.add_edge(group_node(grp), axis_node(k, ax), kind="member", repeat=r, block=b,
                        role="out" if ax == 0 else "in")
+    for grp, (outer, _) in blocks.items():
+        if outer is not None:  # blocks of ``grp`` move by ``outer``'s permutation
+            g.add_edge(group_node(grp), group_node(outer), kind="nested")
     return g
 
 
@@ -92,9 +115,9 @@ def fixed_axes(spec: PermutationSpec) -> list[tuple[Axis, int, str]]:
     out = []
     for k, groups in spec.axes.items():
         shape = spec.shapes.get(k, ())
-        for ax, grp in enumerate(groups):
+        for ax, entry in enumerate(groups):
             size = int(shape[ax]) if ax < len(shape) else 0
-            if grp is None and size > 1:
+            if not _entry_groups(entry) and size > 1:
                 out.append(((k, ax), size, str(reasons.get((k, ax), ""))))
     return out
 
@@ -105,7 +128,7 @@ def permuted_fraction(spec: PermutationSpec) -> float:
     for k, shape in spec.shapes.items():
         n = math.prod(shape)
         total += n
-        if any(g is not None for g in spec.axes.get(k, ())):
+        if any(_entry_groups(e) for e in spec.axes.get(k, ())):
             permuted += n
     return permuted / total if total else 0.0
 
