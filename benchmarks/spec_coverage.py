@@ -83,12 +83,11 @@ def torchvision_names(max_params):
     names = torchvision.models.list_models(module=torchvision.models)
     sized = []
     for n in names:
-        try:
-            with torch.device("meta"):  # sizes without allocating
-                m = torchvision.models.get_model(n)
-        except NotImplementedError:  # a builder that computes widths from tensors
-            m = torchvision.models.get_model(n)
-        p = sum(t.numel() for t in m.parameters())
+        try:  # the weights' metadata records the size; nothing is downloaded
+            p = torchvision.models.get_model_weights(n).DEFAULT.meta["num_params"]
+        except (ValueError, AttributeError, KeyError):
+            with torch.device("meta"):
+                p = sum(t.numel() for t in torchvision.models.get_model(n).parameters())
         if p <= max_params:
             sized.append((p, n))
     return [n for _, n in sorted(sized)]
