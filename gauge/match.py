@@ -14,11 +14,12 @@ Two things make this implementation fast and robust:
 * Every ``(param, axis)`` contribution ``A_k B_k'^T`` is recomputed only when a group it
   depends on changes, and a group whose cost did not change since it was last solved on its
   whole cost is not re-solved (its optimum cannot have moved). On a planted permutation every
-  contribution is therefore computed exactly once, the minimum for certifying a coordinate-wise
-  optimum, and the time is dominated by the matmul floor ``sum_k 2 numel(W_k) n_g`` flops. A contribution is
-  kept between solves only where the group has terms that change independently (e.g. a
-  residual stream read by many blocks); otherwise it is accumulated by ``addmm`` into one
-  buffer per size, so memory stays within a few ``n x n`` matrices beyond one copy of B.
+  contribution is therefore computed exactly once, the minimum for certifying a
+  coordinate-wise optimum, and the time is dominated by the matmul floor
+  ``sum_k 2 numel(W_k) n_g`` flops. A contribution is kept between solves only where the
+  group has terms that change independently (e.g. a residual stream read by many blocks);
+  otherwise it is accumulated by ``addmm`` into one buffer per size, so memory stays within a
+  few ``n x n`` matrices beyond one copy of B.
   Params with one permuted axis (biases, norm params, the first and last layers) never change:
   they are summed into one constant per group with a single matmul, kept as its two factors
   when thin. B is stored once per term with the other permuted axis first, so re-permuting it

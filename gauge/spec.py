@@ -199,7 +199,8 @@ class PermutationSpec:
                            for g in self.groups}}
 
     def to_networkx(self):
-        """The spec as a graph of groups and parameter axes (:func:`gauge.spec_graph.spec_graph`)."""
+        """The spec as a graph of groups and parameter axes
+        (:func:`gauge.spec_graph.spec_graph`)."""
         from gauge.spec_graph import spec_graph
         return spec_graph(self)
 
