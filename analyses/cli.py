@@ -18,7 +18,7 @@ from analyses.common import USER_ERRORS, OneLineParser, UsageError
 #: The subcommand modules, in the order ``gauge --help`` lists them.
 SUBCOMMANDS = ("train", "imp", "align", "connect", "instability", "overlap", "transfer",
                "flatness", "report", "demo", "sweep", "align_many", "merge", "curve",
-               "quotient", "similarity", "drift", "erasure")
+               "quotient", "similarity", "drift", "erasure", "spec")
 
 
 def command_name(module_name: str) -> str:

@@ -19,6 +19,15 @@ Methods:
 Run from the repository root (the peer lives only in the benchmark venv):
 
     PYTHONPATH=. /work/bench-venv/bin/python benchmarks/align_bench.py
+
+Real architectures (torchvision / transformers in the venv; ViT-B/16 and GPT-2 with specs
+written here by hand, the others inferred), planted pairs, one run each:
+
+    PYTHONPATH=. /work/tv-venv/bin/python benchmarks/align_bench.py --no-ref --repeats 1 \
+        --min-time 0 --models resnet50 vit_b_16 convnext_base gpt2_small
+
+``peak_MB`` is the resident memory a method adds while it runs (sampled every 5 ms), beside
+the size of the two models.
 """
 
 from __future__ import annotations
@@ -45,6 +54,82 @@ MODELS = {
     "resnet20x4": ("resnet20", (3, 32, 32), {"width": 4}),
     "resnet20x16": ("resnet20", (3, 32, 32), {"width": 16}),
 }
+#: Real architectures (torchvision / transformers, random init): planted pairs only.
+BIG = ("resnet50", "vit_b_16", "convnext_base", "gpt2_small")
+
+
+def _vit_spec(model):
+    """torchvision ViT: the residual stream, each block's heads (blocks of head_dim in q, k, v)
+    and MLP units (written by hand while ``infer_spec`` cannot trace the class token)."""
+    from gauge import PermutationSpec
+    sd = model.state_dict()
+    axes = {k: (None,) * v.dim() for k, v in sd.items()}
+    axes.update({"class_token": (None, None, "res"), "conv_proj.weight": ("res", None, None, None),
+                 "conv_proj.bias": ("res",), "encoder.pos_embedding": (None, None, "res"),
+                 "encoder.ln.weight": ("res",), "encoder.ln.bias": ("res",),
+                 "heads.head.weight": (None, "res")})
+    layouts = {}
+    for i in range(len(model.encoder.layers)):
+        p = f"encoder.layers.encoder_layer_{i}."
+        h, m = f"b{i}.heads", f"b{i}.mlp"
+        d = model.encoder.layers[i].self_attention.head_dim
+        for ln in ("ln_1", "ln_2"):
+            axes[p + ln + ".weight"] = axes[p + ln + ".bias"] = ("res",)
+        axes.update({p + "self_attention.in_proj_weight": (h, "res"),
+                     p + "self_attention.in_proj_bias": (h,),
+                     p + "self_attention.out_proj.weight": ("res", h),
+                     p + "self_attention.out_proj.bias": ("res",),
+                     p + "mlp.0.weight": (m, "res"), p + "mlp.0.bias": (m,),
+                     p + "mlp.3.weight": ("res", m), p + "mlp.3.bias": ("res",)})
+        layouts.update({(p + "self_attention.in_proj_weight", 0): (3, d),
+                        (p + "self_attention.in_proj_bias", 0): (3, d),
+                        (p + "self_attention.out_proj.weight", 1): (1, d)})
+    return PermutationSpec.from_axes(axes, sd, layouts=layouts)
+
+
+def _gpt2_spec(model):
+    """Hugging Face GPT-2 (Conv1D weights are ``(in, out)``): residual stream, heads, MLP."""
+    from gauge import PermutationSpec
+    sd = model.state_dict()
+    axes = {k: (None,) * v.dim() for k, v in sd.items()}
+    t = "transformer."
+    axes.update({t + "wte.weight": (None, "res"), t + "wpe.weight": (None, "res"),
+                 t + "ln_f.weight": ("res",), t + "ln_f.bias": ("res",),
+                 "lm_head.weight": (None, "res")})
+    d = model.config.n_embd // model.config.n_head
+    layouts = {}
+    for i in range(model.config.n_layer):
+        p = f"{t}h.{i}."
+        h, m = f"b{i}.heads", f"b{i}.mlp"
+        for ln in ("ln_1", "ln_2"):
+            axes[p + ln + ".weight"] = axes[p + ln + ".bias"] = ("res",)
+        axes.update({p + "attn.c_attn.weight": ("res", h), p + "attn.c_attn.bias": (h,),
+                     p + "attn.c_proj.weight": (h, "res"), p + "attn.c_proj.bias": ("res",),
+                     p + "mlp.c_fc.weight": ("res", m), p + "mlp.c_fc.bias": (m,),
+                     p + "mlp.c_proj.weight": (m, "res"), p + "mlp.c_proj.bias": ("res",)})
+        layouts.update({(p + "attn.c_attn.weight", 1): (3, d), (p + "attn.c_attn.bias", 0): (3, d),
+                        (p + "attn.c_proj.weight", 0): (1, d)})
+    return PermutationSpec.from_axes(axes, sd, layouts=layouts)
+
+
+def big_model(name, tiny=False):
+    """``(model, spec, example input)`` of a real architecture (``tiny``: a small config of
+    the same code, for checking the hand-written specs)."""
+    if name == "gpt2_small":
+        import transformers
+        cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100) if tiny \
+            else transformers.GPT2Config()
+        model = transformers.GPT2LMHeadModel(cfg).eval()
+        return model, _gpt2_spec(model), torch.randint(0, cfg.vocab_size, (1, 16))
+    import torchvision
+    if name == "vit_b_16":
+        model = (torchvision.models.VisionTransformer(32, 8, 2, 4, 64, 128) if tiny
+                 else torchvision.models.vit_b_16()).eval()
+        side = 32 if tiny else 224
+        return model, _vit_spec(model), torch.zeros(1, 3, side, side)
+    model = torchvision.models.get_model(name).eval()
+    x = torch.zeros(1, 3, 64, 64)
+    return model, infer_spec(model, x), x
 
 
 def reference_loop(spec, pa, pb, *, max_iter=100, seed=0):
@@ -81,20 +166,28 @@ def reference_loop(spec, pa, pb, *, max_iter=100, seed=0):
 
 
 def make_pair(name, kind, seed):
-    zoo, shape, kw = MODELS[name]
-    model = build_model(zoo, num_classes=10, input_shape=shape, seed=0, **kw)
-    spec = infer_spec(model, torch.zeros(1, *shape))
+    if name in BIG:
+        model, spec, _ = big_model(name)
+    else:
+        zoo, shape, kw = MODELS[name]
+        model = build_model(zoo, num_classes=10, input_shape=shape, seed=0, **kw)
+        spec = infer_spec(model, torch.zeros(1, *shape))
     if kind == "init":
         pa = model.state_dict()
         pb = build_model(zoo, num_classes=10, input_shape=shape, seed=1 + seed, **kw).state_dict()
         return model, spec, dict(pa), dict(pb), None
+    return (model, spec, *planted_pair(model, spec, seed))
+
+
+def planted_pair(model, spec, seed):
+    """``(A, B, P)``: every tensor of A N(0, 1), B = P(A + 0.6 N(0, 1))."""
     gen = torch.Generator().manual_seed(seed)
     pa = {k: torch.randn(v.shape, generator=gen) if v.dtype.is_floating_point else v
           for k, v in model.state_dict().items()}
     noisy = {k: v + 0.6 * torch.randn(v.shape, generator=gen) if v.dtype.is_floating_point
              else v for k, v in pa.items()}
     planted = random_permutation(spec, 1000 + seed)
-    return model, spec, pa, apply_permutation(spec, planted, noisy), planted
+    return pa, apply_permutation(spec, planted, noisy), planted
 
 
 def l2(pa, pb):
@@ -109,7 +202,44 @@ def recovery(spec, perm, planted):
     return sum(int((perm[g] == inv[g]).sum()) for g in spec.groups) / sum(spec.sizes.values())
 
 
-def run_rebasin(model, shape, pa, pb, seed):
+class PeakRSS:
+    """Peak resident memory above the level at entry (MB), sampled every 5 ms (Linux). Freed
+    heap is handed back to the OS first (``malloc_trim``), else a method reusing memory an
+    earlier one freed would look free of cost."""
+
+    def __enter__(self):
+        import ctypes
+        import gc
+        import threading
+        gc.collect()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+        self.mb = (self.peak - self.base) / 1e6
+
+
+def pair_mb(pa, pb) -> float:
+    return sum(v.numel() * v.element_size() for p in (pa, pb) for v in p.values()) / 1e6
+
+
+def run_rebasin(model, x, pa, pb, seed):
     import rebasin
     ma, mb = copy.deepcopy(model), copy.deepcopy(model)
     ma.load_state_dict(pa)
@@ -118,7 +248,7 @@ def run_rebasin(model, shape, pa, pb, seed):
     mb.eval()
     torch.manual_seed(seed)  # rebasin draws its group order from the global RNG
     t0 = time.perf_counter()
-    pcd = rebasin.PermutationCoordinateDescent(ma, mb, torch.zeros(1, *shape))
+    pcd = rebasin.PermutationCoordinateDescent(ma, mb, x)
     t1 = time.perf_counter()
     pcd.calculate_permutations(100)
     pcd.apply_permutations()
@@ -128,7 +258,10 @@ def run_rebasin(model, shape, pa, pb, seed):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS),
+                        choices=[*MODELS, *BIG],
+                        help=f"default: the zoo models; real architectures (planted pairs "
+                             f"only): {', '.join(BIG)}")
     parser.add_argument("--kinds", nargs="+", default=["init", "planted"],
                         choices=["init", "planted"])
     parser.add_argument("--repeats", type=int, default=3)
@@ -149,23 +282,28 @@ def main(argv=None):
             print(f"# rebasin not importable ({e}); comparing with the reference loop only")
             have_rebasin = False
     header = ("model", "pair", "seed", "method", "time_s", "ratio", "objective", "l2_after",
-              "recovery")
+              "recovery", "peak_MB (pair_MB)")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for name in args.models:
-        zoo, shape, _ = MODELS[name]
+        x = big_model(name)[2] if name in BIG else torch.zeros(1, *MODELS[name][1])
         for kind in args.kinds:
+            if name in BIG and kind == "init":
+                continue
             for seed in range(args.seeds if kind == "planted" else 1):
                 model, spec, pa, pb, planted = make_pair(name, kind, seed)
                 times = {"ours": [], "ref": [], "rebasin": [], "rebasin_search": []}
+                peak = {}
                 results = {}
                 rep, rebasin_ok = 0, have_rebasin
                 while rep < args.repeats or (
                         sum(times["ours"]) < args.min_time
                         or (not args.no_ref and sum(times["ref"]) < args.min_time)):
                     t0 = time.perf_counter()
-                    res = weight_matching(spec, pa, pb, seed=seed)
+                    with PeakRSS() as mem:
+                        res = weight_matching(spec, pa, pb, seed=seed)
                     times["ours"].append(time.perf_counter() - t0)
+                    peak["ours"] = max(peak.get("ours", 0.0), mem.mb)
                     results["ours"] = res.perm
                     if not args.no_ref and (len(times["ref"]) < args.repeats
                                             or sum(times["ref"]) < args.min_time):
@@ -174,7 +312,9 @@ def main(argv=None):
                         times["ref"].append(time.perf_counter() - t0)
                     if rebasin_ok and rep < args.repeats:
                         try:
-                            out, total, search = run_rebasin(model, shape, pa, pb, seed)
+                            with PeakRSS() as mem:
+                                out, total, search = run_rebasin(model, x, pa, pb, seed)
+                            peak["rebasin"] = max(peak.get("rebasin", 0.0), mem.mb)
                             results["rebasin"] = out
                             times["rebasin"].append(total)
                             times["rebasin_search"].append(search)
@@ -199,7 +339,9 @@ def main(argv=None):
                     obj = matching_objective(pa, aligned)
                     row = (name, kind, str(seed), method, f"{t:.4f}{extra}",
                            f"{t / base:.1f}x", f"{obj:.6g}", f"{l2(pa, aligned):.6g}",
-                           "" if rec != rec else f"{100 * rec:.1f}%")
+                           "" if rec != rec else f"{100 * rec:.1f}%",
+                           f"{peak[method]:.0f} ({pair_mb(pa, pb):.0f})" if method in peak
+                           else "")
                     print("| " + " | ".join(row) + " |", flush=True)
     return 0
 

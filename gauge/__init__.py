@@ -3,7 +3,7 @@
 Permutation specs inferred from a model's graph, permutations and ReLU rescalings, Hungarian
 alignment (weight and activation matching), mask overlap, linear mode connectivity and
 flatness, with gauge-fixed versions. A library: it never prints, parses arguments or touches
-the disk. It depends on torch, numpy and scipy only (never on ``tickets``).
+the disk. It depends on torch, numpy, scipy and networkx only (never on ``tickets``).
 """
 
 from gauge.connect import PathResult, barriers, evaluate_path, interpolate, linear_path

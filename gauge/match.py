@@ -11,14 +11,20 @@ stops when no group improves.
 
 Two things make this implementation fast and robust:
 
-* Every ``(param, axis)`` contribution ``A_k B_k'^T`` is cached; when a group's permutation
-  changes only the contributions of params touching it are recomputed, and a group whose
-  contributions did not change is not re-solved (its optimum cannot have moved). Params with
-  one permuted axis (biases, norm params, the first and last layers) never change: they are
-  summed into one constant per group with a single matmul. B is stored once per term with the
-  other permuted axis first, so re-permuting it is a gather of contiguous rows, and the
-  objective is read off the cached costs. On a planted permutation every contribution is
-  computed exactly once, the minimum for certifying a coordinate-wise optimum.
+* Every ``(param, axis)`` contribution ``A_k B_k'^T`` is recomputed only when a group it
+  depends on changes, and a group whose cost did not change since it was last solved on its
+  whole cost is not re-solved (its optimum cannot have moved). On a planted permutation every
+  contribution is therefore computed exactly once, the minimum for certifying a
+  coordinate-wise optimum, and the time is dominated by the matmul floor
+  ``sum_k 2 numel(W_k) n_g`` flops. A contribution is kept between solves only where the
+  group has terms that change independently (e.g. a residual stream read by many blocks);
+  otherwise it is accumulated by ``addmm`` into one buffer per size, so memory stays within a
+  few ``n x n`` matrices beyond one copy of B.
+  Params with one permuted axis (biases, norm params, the first and last layers) never change:
+  they are summed into one constant per group with a single matmul, kept as its two factors
+  when thin. B is stored once per term with the other permuted axis first, so re-permuting it
+  is a gather of contiguous rows. The matmuls run on ``device`` (a GPU when there is one); the
+  assignment problems are solved on the CPU.
 * A progressive start: instead of sweeping from the identity, groups are first solved in
   order from the input side, each using only the terms whose other axes are unpermuted or
   already solved. From the identity the plain loop stalls in a poor local optimum on wide
@@ -93,7 +99,7 @@ class _Term:
     contribution ``A B'^T`` to ``C_group``, recomputed when those other axes' groups change."""
 
     __slots__ = ("key", "axis", "group", "n", "a_mat", "b_arr", "others", "deps", "value",
-                 "dirty", "numel")
+                 "dirty", "numel", "cached")
 
 
 def _arrange(t: torch.Tensor, axis: int, n: int, layout: tuple[int, int],
@@ -157,17 +163,44 @@ def _build_terms(spec, pa, pb, dtype):
             t.deps = {groups[j] for j in others}
             t.value, t.dirty, t.numel = None, True, a.numel()
             terms[g].append(t)
+    for ts in terms.values():
+        # A cached value only pays off when another term of the group can change without it;
+        # when all terms move together, caching would only hold n x n memory per term.
+        for t in ts:
+            t.cached = len({frozenset(u.deps) for u in ts}) > 1
     const = {}
     for g, (a_list, b_list) in const_parts.items():
         if a_list:
-            const[g] = (torch.cat(a_list, dim=1) @ torch.cat(b_list, dim=0)).to(torch.float64)
-            before += float(const[g].diagonal().sum())
+            a, b = torch.cat(a_list, dim=1), torch.cat(b_list, dim=0)
+            # a thin product (biases, norm params) stays factored: adding it back costs as
+            # little as adding a stored n x n matrix and holds no n x n memory
+            const[g] = (a, b) if a.shape[1] <= _THIN else a @ b
+            before += _const_objective(const[g], None)
     return terms, const, const_numel, fixed, fixed + before
 
 
-def _contribution(t: _Term, perm, scratch: dict) -> torch.Tensor:
-    """``A B'^T`` at the current permutation of the term's other axes. The re-permuted B goes
-    into ``scratch["buf"]``, reused across calls: a fresh multi-MB tensor per call costs more in
+def _device_of(c) -> torch.device:
+    return c[0].device if isinstance(c, tuple) else c.device
+
+
+#: the most columns a group's constant part may have and still be kept as its two factors
+_THIN = 32
+
+
+def _const_objective(c, perm) -> float:
+    """``sum_i C[i, P(i)]`` of a constant part (dense, or factors ``(a, b)`` with ``C = a b``);
+    ``perm`` None is the identity."""
+    if isinstance(c, tuple):
+        a, b = c
+        b = b if perm is None else b.index_select(1, perm)
+        return float((a.to(torch.float64) * b.T.to(torch.float64)).sum())
+    d = c.diagonal() if perm is None else c[torch.arange(c.shape[0], device=c.device), perm]
+    return float(d.to(torch.float64).sum())
+
+
+def _gathered(t: _Term, perm, scratch: dict) -> torch.Tensor:
+    """B of the term with its other axes permuted, as a ``(K, n)`` matrix. It goes into
+    ``scratch["buf"]``, reused across calls: a fresh multi-MB tensor per call costs more in
     page faults than the gather itself."""
     b = t.b_arr
     (_, h, layout), *more = t.others
@@ -184,7 +217,19 @@ def _contribution(t: _Term, perm, scratch: dict) -> torch.Tensor:
         b = b.reshape(t.b_arr.shape)
         for dim, h, layout in more:
             b = b.index_select(dim, expand_index(perm[h], layout))
-    return (t.a_mat @ b.reshape(-1, t.n)).to(torch.float64)
+    return b.reshape(-1, t.n)
+
+
+def _contribution(t: _Term, perm, scratch: dict) -> torch.Tensor:
+    """``A B'^T`` at the current permutation of the term's other axes, in the matmul dtype."""
+    return t.a_mat @ _gathered(t, perm, scratch)
+
+
+def _term_objective(t: _Term, perm, scratch: dict) -> float:
+    """``<A, P(B)>`` of the term's param: ``sum_i (A B'^T)[i, P_g(i)]`` without forming the
+    ``n x n`` matrix (a gather and a dot, O(numel))."""
+    b = _gathered(t, perm, scratch).index_select(1, perm[t.group])
+    return float((t.a_mat.to(torch.float64) * b.T.to(torch.float64)).sum())
 
 
 def _lap(c: np.ndarray) -> np.ndarray:
@@ -206,8 +251,9 @@ class _Descent:
     """Coordinate descent state: the current ``perm``, each term's cached contribution (marked
     dirty when a group it depends on moves) and the groups whose cost may have changed."""
 
-    def __init__(self, spec, terms, const, perm, stats, device, scratch):
+    def __init__(self, spec, terms, const, perm, stats, device, scratch, dtype):
         self.groups, self.terms, self.const = spec.groups, terms, const
+        self.sizes, self.dtype = spec.sizes, dtype
         self.stats, self.device, self.scratch = stats, device, scratch
         self.dependents: dict[str, list[_Term]] = {g: [] for g in self.groups}
         for g in self.groups:
@@ -218,24 +264,43 @@ class _Descent:
         self.stale: set[str] = set(self.groups)
 
     def cost(self, g, usable=None):
-        """``C_g`` (only the terms whose other axes are in ``usable``, if given). A sum of
-        several parts is written into a reused buffer: read it before the next call."""
-        parts = [self.const[g]] if g in self.const else []
-        for t in self.terms[g]:
-            if usable is not None and not t.deps <= usable:
-                continue
-            if t.dirty or t.value is None:
-                t.value = _contribution(t, self.perm, self.scratch)
-                t.dirty = False
-            parts.append(t.value)
-        if len(parts) <= 1:
-            return parts[0] if parts else None
-        buf = self.scratch.get(("cost", parts[0].shape))
+        """``C_g`` in float64 (only the terms whose other axes are in ``usable``, if given),
+        written into a reused buffer: read it before the next call. The constant part and
+        the terms are summed in the matmul dtype (products by ``addmm`` into the sum itself,
+        so no ``n x n`` temporary per term), then cast once."""
+        const = self.const.get(g)
+        ts = [t for t in self.terms[g] if usable is None or t.deps <= usable]
+        if not ts and const is None:
+            return None
+        n = self.sizes[g]
+        acc = self._buffer(("acc", n, self.dtype), n, self.dtype)
+        first = True
+
+        def add(x=None, a=None, b=None):
+            nonlocal first
+            if x is not None:
+                acc.copy_(x) if first else acc.add_(x)
+            else:
+                torch.matmul(a, b, out=acc) if first else acc.addmm_(a, b)
+            first = False
+
+        if isinstance(const, tuple):
+            add(a=const[0], b=const[1])
+        elif const is not None:
+            add(const)
+        for t in ts:
+            if t.cached:
+                if t.dirty or t.value is None:
+                    t.value, t.dirty = _contribution(t, self.perm, self.scratch), False
+                add(t.value)
+            else:
+                add(a=t.a_mat, b=_gathered(t, self.perm, self.scratch))
+        return self._buffer(("cost", n), n, torch.float64).copy_(acc)
+
+    def _buffer(self, key, n, dtype):
+        buf = self.scratch.get(key)
         if buf is None:
-            buf = self.scratch[("cost", parts[0].shape)] = torch.empty_like(parts[0])
-        torch.add(parts[0], parts[1], out=buf)
-        for x in parts[2:]:
-            buf.add_(x)
+            buf = self.scratch[key] = torch.empty(n, n, dtype=dtype, device=self.device)
         return buf
 
     def set_perm(self, g, p) -> None:
@@ -250,6 +315,8 @@ class _Descent:
         terms = self.terms
         size = {g: sum(t.numel for t in terms[g]) + const_numel[g] for g in self.groups}
         solved: set[str] = set()
+        partial: set[str] = set()
+        self.stale = set()
         remaining = list(self.groups)
         while remaining:
             best, best_score = None, -1.0
@@ -259,13 +326,19 @@ class _Descent:
                 if score > best_score:
                     best, best_score = g, score
             g = best
-            c = self.cost(g, usable=solved if best_score > 0 else None)
+            usable = solved if best_score > 0 else None
+            c = self.cost(g, usable=usable)
             if c is not None:
                 self.set_perm(g, torch.from_numpy(_lap(c.cpu().numpy())))
                 self.stats[g]["solves"] += 1
+            self.stale.discard(g)
+            # solved on its whole cost: only a later move of a group it depends on can change
+            # its optimum (set_perm marks it stale then)
+            if usable is not None and any(not t.deps <= usable for t in self.terms[g]):
+                partial.add(g)
             solved.add(g)
             remaining.remove(g)
-        self.stale = set(self.groups)
+        self.stale |= partial
 
     def sweep(self, order) -> bool:
         """One pass over the stale groups in ``order``; True if some assignment improved."""
@@ -294,10 +367,10 @@ class _Descent:
 
 
 def _descend(spec, terms, const, const_numel, perm, order_rng, max_iter, progressive, stats,
-             device, scratch):
+             device, scratch, dtype):
     """Coordinate descent from ``perm`` (optionally after a progressive start); returns
     (perm, sweeps, converged)."""
-    state = _Descent(spec, terms, const, perm, stats, device, scratch)
+    state = _Descent(spec, terms, const, perm, stats, device, scratch, dtype)
     if progressive:
         state.progressive_start(const_numel)
     sweeps, converged = 0, False
@@ -312,22 +385,23 @@ def _descend(spec, terms, const, const_numel, perm, order_rng, max_iter, progres
 
 def _objective(terms, const, fixed, perm, scratch) -> float:
     """``sum_k <W_k^A, P(W_k^B)>`` from the cached costs: ``sum_i C[i, P_g(i)]`` of each group's
-    constant part, plus one term per param with several permuted axes (recomputed if stale)."""
+    constant part, plus one term per param with several permuted axes (read off its cached
+    value when there is a current one, else a gather and a dot)."""
     total = fixed
     for g, c in const.items():
-        rows = torch.arange(c.shape[0], device=c.device)
-        total += float(c[rows, perm[g].to(c.device)].sum())
+        total += _const_objective(c, perm[g].to(_device_of(c)))
     seen = set()
     for g, ts in terms.items():
         for t in ts:
             if t.key in seen:
                 continue
             seen.add(t.key)
-            if t.dirty or t.value is None:
-                t.value, t.dirty = _contribution(t, {h: p.to(t.a_mat.device)
-                                                     for h, p in perm.items()}, scratch), False
-            r = torch.arange(t.n, device=t.value.device)
-            total += float(t.value[r, perm[g].to(t.value.device)].sum())
+            on = {h: p.to(t.a_mat.device) for h, p in perm.items()}
+            if t.cached and not t.dirty and t.value is not None:
+                r = torch.arange(t.n, device=t.value.device)
+                total += float(t.value[r, on[g]].to(torch.float64).sum())
+            else:
+                total += _term_objective(t, on, scratch)
     return total
 
 
@@ -348,7 +422,7 @@ def weight_matching(spec: PermutationSpec, params_a: Mapping[str, torch.Tensor],
             permutations; the best objective wins.
         progressive: solve groups from the input side before sweeping (see module docstring).
         device: where the cost matmuls run (default: params_a's device).
-        dtype: dtype of the matmuls (costs are summed in float64).
+        dtype: dtype of the matmuls and of the sum of a group's terms (the LAP sees float64).
 
     Raises :class:`MismatchError` for different architectures and :class:`SpecError` when the
     spec does not cover the params.
@@ -385,7 +459,7 @@ def weight_matching(spec: PermutationSpec, params_a: Mapping[str, torch.Tensor],
         else:
             start, prog = random_permutation(spec, seed + 7919 * r), False
         perm, sweeps, conv = _descend(spec, terms, const, const_numel, start, rng, max_iter,
-                                      prog, stats, device, scratch)
+                                      prog, stats, device, scratch, dtype)
         obj = _objective(terms, const, fixed, perm, scratch)
         if best is None or obj > best[0]:
             best = (obj, perm, sweeps, conv, stats)

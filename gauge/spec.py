@@ -54,7 +54,7 @@ from gauge.errors import SpecError
 __all__ = ["PermutationSpec", "axis_layout", "permuted_fraction"]
 
 Axis = tuple[str, int]
-def _piece_groups(entry) -> list[str]:
+def piece_groups(entry) -> list[str]:
     """The groups named by an axis entry (in order, repeats kept)."""
     if entry is None:
         return []
@@ -256,7 +256,7 @@ class PermutationSpec:
         perm_to_axes: dict[str, list[Axis]] = {}
         for k, groups in axes.items():
             for ax, entry in enumerate(groups):
-                for g in _piece_groups(entry):
+                for g in piece_groups(entry):
                     if (k, ax) not in perm_to_axes.setdefault(g, []):
                         perm_to_axes[g].append((k, ax))
         for g, (o, _) in blocks.items():
@@ -355,10 +355,21 @@ class PermutationSpec:
             out["concatenated"] = {k: v for k, v in concat.items() if v}
         return out
 
-    def permuted_fraction(self, params: Mapping[str, Any], exclude: Iterable[str] = ()
-                          ) -> float:
+    def permuted_fraction(self, params: Mapping[str, Any] | None = None,
+                          exclude: Iterable[str] = ()) -> float:
         """See :func:`permuted_fraction`."""
         return permuted_fraction(self, params, exclude)
+
+    def to_networkx(self):
+        """The spec as a graph of groups and parameter axes
+        (:func:`gauge.spec_graph.spec_graph`)."""
+        from gauge.spec_graph import spec_graph
+        return spec_graph(self)
+
+    def describe_fixed(self) -> str:
+        """The axes no group permutes, by module (:func:`gauge.spec_graph.describe_fixed`)."""
+        from gauge.spec_graph import describe_fixed
+        return describe_fixed(self)
 
 
 def axis_layout(spec: PermutationSpec, name: str, axis: int) -> tuple[int, int]:
@@ -366,21 +377,24 @@ def axis_layout(spec: PermutationSpec, name: str, axis: int) -> tuple[int, int]:
     return spec.layout(name, axis)
 
 
-def permuted_fraction(spec: PermutationSpec, params: Mapping[str, Any],
+def permuted_fraction(spec: PermutationSpec, params: Mapping[str, Any] | None = None,
                       exclude: Iterable[str] = ()) -> float:
-    """Fraction, by element count, of the floating tensors of ``params`` that have at least one
-    permuted axis: ``sum_{k permuted} numel(k) / sum_k numel(k)``. ``exclude`` holds
-    ``fnmatch`` patterns of names left out of both sums (e.g. the input stem and the classifier,
-    whose input/output axes can never be permuted)."""
+    """Fraction, by element count, of the floating tensors of ``params`` (default: every tensor
+    of ``spec.shapes``) that have at least one permuted axis:
+    ``sum_{k permuted} numel(k) / sum_k numel(k)``. ``exclude`` holds ``fnmatch`` patterns of
+    names left out of both sums (e.g. the input stem and the classifier, whose input/output
+    axes can never be permuted)."""
     patterns = list(exclude)
+    sizes = ({k: math.prod(shape) for k, shape in spec.shapes.items()} if params is None else
+             {k: v.numel() for k, v in params.items()
+              if isinstance(v, torch.Tensor) and v.dtype.is_floating_point})
+    if params is not None:
+        spec.check_params({k: params[k] for k in sizes})
     total = permuted = 0
-    for k, v in params.items():
-        if not (isinstance(v, torch.Tensor) and v.dtype.is_floating_point):
-            continue
+    for k, n in sizes.items():
         if any(fnmatch.fnmatchcase(k, p) for p in patterns):
             continue
-        spec.check_params({k: v})
-        total += v.numel()
-        if any(e is not None for e in spec.axes[k]):
-            permuted += v.numel()
+        total += n
+        if any(piece_groups(e) for e in spec.axes[k]):
+            permuted += n
     return permuted / total if total else 0.0
