@@ -14,6 +14,7 @@ from gauge.flatness import (Landscape1D, Landscape2D, SharpnessResult, epsilon_s
                             landscape_1d, landscape_2d, loss_at, sharpness)
 from gauge.hessian import (Density, EigResult, HessianOperator, TraceResult, hessian_eigenvalues,
                            hessian_trace, hvp, spectral_density)
+from gauge.hessian import BlockCurvature, GaussNewtonObjective, parameter_blocks
 from gauge.infer import infer_spec
 from gauge.match import MatchResult, activation_matching, align, weight_matching
 from gauge.objective import GaugeFixed, gauge_fix, weights_only
@@ -37,6 +38,7 @@ __all__ = ["GaugeError", "MismatchError", "SpecError", "TraceError", "ConnectErr
            "chance_jaccard", "mask_overlap", "overlap_matrix",
            "HessianOperator", "EigResult", "TraceResult", "Density", "hvp",
            "hessian_eigenvalues", "hessian_trace", "spectral_density",
+           "BlockCurvature", "GaussNewtonObjective", "parameter_blocks",
            "SharpnessResult", "Landscape1D", "Landscape2D", "GaugeFixed", "sharpness",
            "epsilon_sharpness", "landscape_1d", "landscape_2d", "loss_at", "gauge_fix",
            "weights_only"]

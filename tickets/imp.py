@@ -342,8 +342,7 @@ def run_imp(model_name: str | ImpConfig, data: DataSplits, cfg: TrainConfig | No
     ``strategy`` may be a score at init (:data:`tickets.scores.SCORES`; ``score_examples``:
     the first training examples it reads, default 100). ``rewind_iter``: iteration ``k`` the
     survivors are reset to. ``control``: any of :data:`CONTROLS`. ``mask``: a starting mask
-    for level 0 (e.g.
-    a transferred ticket). ``data_seed``: data order (default ``seed``). ``dataset_seed``/
+    for level 0 (e.g. a transferred ticket). ``data_seed``: data order (default ``seed``). ``dataset_seed``/
     ``root``: recorded so :func:`tickets.runs.load_run_data` reloads the same data.
     ``on_level`` receives each summary row as it completes (with ``control`` set). Returns
     :class:`ImpResult`; raises ``ConfigError``/``RunError``/``ModelError`` before writing
