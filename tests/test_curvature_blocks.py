@@ -130,3 +130,22 @@ def test_bad_block_options():
         fl.hessian_trace(net, params, _data(), blocks="rows")
     with pytest.raises(FlatnessOptionError, match="curvature"):
         fl.hessian_eigenvalues(net, params, _data(), curvature="fisher")
+
+
+def test_cli_flatness_per_layer(tmp_path, mnist1d):
+    from tests.conftest import assert_user_error, run_cli
+    from tests.tiny_runs import make_checkpoint, tiny_data
+    import json
+    path = make_checkpoint(tmp_path / "net.safetensors", tiny_data(mnist1d), widths=[8])
+    proc = run_cli("flatness", path, "--subset", "100", "--top-k", "0", "--per-layer",
+                   "--trace-samples", "6", "--gauge-fixed", "--curvature", "ggn", "--plot",
+                   tmp_path / "figs", "--json", tmp_path / "out.json", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "per layer" in proc.stdout and "fc2" in proc.stdout
+    res = json.loads((tmp_path / "out.json").read_text())
+    per = res["per_layer"]["eigenvalues"]
+    assert set(per["raw"]["blocks"]) == {"fc1", "fc2"} == set(per["gauge_fixed"]["blocks"])
+    assert min(b["values"][-1] for b in per["raw"]["blocks"].values()) >= 0  # GGN is PSD
+    assert (tmp_path / "figs" / "net-per-layer.png").is_file()
+    assert_user_error(run_cli("flatness", path, "--per-layer", "--curvature", "fisher"),
+                      "--curvature")
