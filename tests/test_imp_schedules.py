@@ -133,3 +133,21 @@ def test_cli_pruning_at_init_and_bad_input(tmp_path):
                               tmp_path / "x"), "--sparsities")
     assert_user_error(run_cli("imp", *common, "--out", tmp_path / "x"), "--levels")
     assert not (tmp_path / "x").exists()
+
+
+def test_prunable_kinds_and_schedule_counts():
+    from tickets.models import build_model
+    model = build_model("mlp", num_classes=10, input_shape=(40,), seed=0, widths=[8],
+                        norm="layernorm")
+    assert P.prunable(model) == ["fc1.weight", "fc2.weight"]
+    assert P.prunable(model, kind="weights+biases") == ["fc1.weight", "fc1.bias",
+                                                        "fc2.weight", "fc2.bias"]
+    assert P.prunable(model, kind="all", ignore=["fc2"]) == ["fc1.weight", "fc1.bias",
+                                                             "ln1.weight", "ln1.bias"]
+    with pytest.raises(ConfigError, match="weights, weights\\+biases, all"):
+        P.prunable(model, kind="everything")
+    # level L keeps N - ceil(s_L N): 0.3 * 10 is 3 exactly, 0.25 * 10 rounds up to 3
+    assert P.remaining_after(1, 10, sparsities=(0.3,)) == 7
+    assert P.remaining_after(1, 10, sparsities=(0.25,)) == 7
+    assert P.remaining_after(2, 1000, fraction=0.2) == 640
+    assert P.remaining_after(0, 10, sparsities=(0.5,)) == 10
