@@ -3,6 +3,8 @@ blocks against torch.autograd.functional.hessian, GGN against an explicit J^T H 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,8 @@ from torch import nn
 
 import gauge as fl
 from gauge.errors import FlatnessOptionError
+from tests.conftest import assert_user_error, run_cli
+from tests.tiny_runs import make_checkpoint, tiny_data
 
 
 class Net(nn.Module):
@@ -133,9 +137,6 @@ def test_bad_block_options():
 
 
 def test_cli_flatness_per_layer(tmp_path, mnist1d):
-    from tests.conftest import assert_user_error, run_cli
-    from tests.tiny_runs import make_checkpoint, tiny_data
-    import json
     path = make_checkpoint(tmp_path / "net.safetensors", tiny_data(mnist1d), widths=[8])
     proc = run_cli("flatness", path, "--subset", "100", "--top-k", "0", "--per-layer",
                    "--trace-samples", "6", "--gauge-fixed", "--curvature", "ggn", "--plot",

@@ -7,11 +7,10 @@ import json
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 
 from tests.conftest import assert_user_error, run_cli
+from tests.tiny_runs import tiny_data
 from tickets import prune as P
-from tickets.data import DataSplits
 from tickets.errors import ConfigError, RunError
 from tickets.imp import run_imp
 from tickets.runs import load_level, open_run
@@ -25,11 +24,7 @@ N = sum(SIZES.values())
 
 @pytest.fixture(scope="module")
 def tiny(mnist1d):
-    x, y = mnist1d.train.tensors
-    xt, yt = mnist1d.test.tensors
-    return DataSplits("mnist1d", TensorDataset(x[:200], y[:200]),
-                      TensorDataset(xt[:100], yt[:100]), mnist1d.num_classes,
-                      mnist1d.input_shape)
+    return tiny_data(mnist1d, n_train=200, n_test=100)
 
 
 def _imp(tiny, out, **kw):

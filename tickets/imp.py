@@ -233,8 +233,8 @@ def _pruning_rule(model_name: str, model: nn.Module, fraction, strategy, layer_f
                   ignore, sparsities, kind: str) -> dict[str, Any]:
     """``strategy``, ``fraction``, ``sparsities``, ``prune``, ``layer_fractions``, ``ignore``
     and ``prunable`` of a run: the user's choices over :func:`default_pruning`."""
-    if strategy is not None and strategy not in ALL_STRATEGIES:
-        _check_rule(0.5, strategy, 0, 1)
+    if strategy is not None:
+        _check_strategy(strategy)
     schedule = () if sparsities is None else P.check_sparsities(sparsities)
     if schedule and fraction is not None:
         raise ConfigError("give a pruning fraction per level or a sparsity schedule, not both")
@@ -266,12 +266,16 @@ def _pruning_rule(model_name: str, model: nn.Module, fraction, strategy, layer_f
             "ignore": tuple(ignore_list), "prunable": tuple(names)}
 
 
-def _check_rule(fraction: float, strategy: str, rewind_iter: int, total_iters: int) -> None:
-    if not 0.0 < float(fraction) < 1.0:
-        raise ConfigError(f"pruning fraction must be in (0, 1), got {fraction}")
+def _check_strategy(strategy: str) -> None:
     if strategy not in ALL_STRATEGIES:
         raise ConfigError(f"pruning strategy must be one of {', '.join(ALL_STRATEGIES)}, got "
                           f"{strategy!r}")
+
+
+def _check_rule(fraction: float, strategy: str, rewind_iter: int, total_iters: int) -> None:
+    if not 0.0 < float(fraction) < 1.0:
+        raise ConfigError(f"pruning fraction must be in (0, 1), got {fraction}")
+    _check_strategy(strategy)
     if not isinstance(rewind_iter, int) or rewind_iter < 0 or rewind_iter >= total_iters:
         raise ConfigError(f"rewind iteration must be in 0..{total_iters - 1} (training is "
                           f"{total_iters} iterations), got {rewind_iter}")
@@ -342,8 +346,8 @@ def run_imp(model_name: str | ImpConfig, data: DataSplits, cfg: TrainConfig | No
     ``strategy`` may be a score at init (:data:`tickets.scores.SCORES`; ``score_examples``:
     the first training examples it reads, default 100). ``rewind_iter``: iteration ``k`` the
     survivors are reset to. ``control``: any of :data:`CONTROLS`. ``mask``: a starting mask
-    for level 0 (e.g. a transferred ticket). ``data_seed``: data order (default ``seed``). ``dataset_seed``/
-    ``root``: recorded so :func:`tickets.runs.load_run_data` reloads the same data.
+    for level 0 (e.g. a transferred ticket). ``data_seed``: data order (default ``seed``).
+    ``dataset_seed``/``root``: recorded so :func:`tickets.runs.load_run_data` reloads the same data.
     ``on_level`` receives each summary row as it completes (with ``control`` set). Returns
     :class:`ImpResult`; raises ``ConfigError``/``RunError``/``ModelError`` before writing
     anything on bad input.

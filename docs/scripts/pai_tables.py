@@ -16,15 +16,13 @@ results are bit-reproducible.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
-import statistics
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from imp_tables import ms, run_one  # the same runner and mean ± std as the IMP tables
+
 SEEDS = (0, 1, 2)
 SPARSITIES = (0.5, 0.8, 0.9, 0.96)
 #: The MLP 40-300-100-10 on MNIST-1D, Adam 1e-3 for 20 epochs (800 iterations); every weight
@@ -48,14 +46,6 @@ def command(study: str, seed: int, runs: Path) -> list[str]:
             "--out", str(runs / f"{study}_s{seed}")]
 
 
-def run_one(cmd: list[str]) -> tuple[list[str], int, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-m", "analyses.cli", *cmd[1:]], env=env,
-                          capture_output=True, text=True, cwd=ROOT)
-    return cmd, proc.returncode, proc.stderr.strip()
-
-
 def accs(runs: Path, study: str, level: int, control: str | None = None) -> list[float]:
     """Test accuracy of ``level`` per seed, from the run directories."""
     from tickets.runs import open_run
@@ -65,13 +55,6 @@ def accs(runs: Path, study: str, level: int, control: str | None = None) -> list
         if level in run.completed_levels(control):
             out.append(run.metrics(level, control)["test_acc"])
     return out
-
-
-def ms(values: list[float]) -> str:
-    if not values:
-        return "-"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.1f} ± {100 * sd:.1f}"
 
 
 def table_methods(runs: Path) -> str:
