@@ -12,6 +12,11 @@ The checkpoint may be in any format the toolkit reads (docs/byo.md); the model i
 metadata records, else --model SOURCE (with --model-kwargs, --input-shape). --data takes a
 dataset name, a .npz/.pt/.safetensors file or pkg.module:factory, and must fit the model.
 
+--per-layer: the top eigenvalue and Hutch++ trace of each layer's diagonal Hessian block H_bb
+(the curvature in that layer's parameters with the others fixed), with a bar figure under
+--plot. --curvature ggn measures the generalised Gauss-Newton matrix J^T H_out J (positive
+semi-definite) instead of the Hessian.
+
 --mask FILE restricts everything to a ticket's unpruned weights (pruned entries are zero): a
 mask file (safetensors or .pt keyed by parameter name, `_mask` suffixes stripped), a pruned
 state_dict (its `*_mask` entries), an OpenLTH level or its mask.pth; a checkpoint saved with
@@ -62,6 +67,10 @@ def add_arguments(parser) -> None:
                         help="spectral density by stochastic Lanczos quadrature")
     parser.add_argument("--density-runs", type=int, default=4)
     parser.add_argument("--lanczos-steps", type=int, default=60)
+    parser.add_argument("--per-layer", action="store_true",
+                        help="top eigenvalue and trace of each layer's diagonal Hessian block")
+    parser.add_argument("--curvature", choices=["hessian", "ggn"], default="hessian",
+                        help="Hessian (default) or generalised Gauss-Newton J^T H_out J")
     parser.add_argument("--sharpness", choices=["worst", "average"], default=None,
                         help="adaptive sharpness (Andriushchenko et al. 2023); needs --rho")
     parser.add_argument("--rho", type=float, default=None, help="sharpness radius (> 0)")
@@ -158,26 +167,35 @@ def _landscape(args, model, params, xy, **kw):
     return None
 
 
-def _measure(args, model, params, xy, mask, device, tick) -> tuple[dict, Any, Any]:
-    """The measures the options ask for: ``(json entries, density, landscape)``."""
+def _measure(args, model, params, xy, mask, device, tick) -> tuple[dict, Any, Any, Any]:
+    """The measures the options ask for: ``(json entries, density, landscape, per-layer
+    curvature)``."""
     from gauge import (SharpnessResult, hessian_eigenvalues, hessian_trace, loss_at, sharpness,
                        spectral_density, weights_only)
     kw = dict(mask=mask, device=device, seed=args.seed, batch_size=args.batch_size,
               param_filter=weights_only if args.weights_only else None,
               gauge_fixed=args.gauge_fixed)
+    curv = dict(kw, curvature=args.curvature, callback=tick)
     out: dict[str, Any] = {"loss": loss_at(model, dict(params, **({} if mask is None else {
         k: params[k] * mask[k] for k in mask})), xy, device=device)}
     if args.top_k > 0:
         out["eigenvalues"] = hessian_eigenvalues(
             model, params, xy, k=args.top_k, which="both" if args.negative else "LA",
-            callback=tick, **kw).to_dict()
+            **curv).to_dict()
     if args.trace:
         out["trace"] = hessian_trace(model, params, xy, n_samples=args.trace_samples,
-                                     method="hutch++", callback=tick, **kw).to_dict()
+                                     method="hutch++", **curv).to_dict()
+    per_layer = None
+    if args.per_layer:
+        per_layer = {"eigenvalues": hessian_eigenvalues(model, params, xy, k=1, blocks="layer",
+                                                        **curv),
+                     "trace": hessian_trace(model, params, xy, n_samples=args.trace_samples,
+                                            method="hutch++", blocks="layer", **curv)}
+        out["per_layer"] = {k: v.to_dict() for k, v in per_layer.items()}
     density = None
     if args.density:
         density = spectral_density(model, params, xy, n_runs=args.density_runs,
-                                   lanczos_steps=args.lanczos_steps, callback=tick, **kw)
+                                   lanczos_steps=args.lanczos_steps, **curv)
         out["density"] = density.to_dict()
     if args.sharpness:
         res = sharpness(model, params, xy, rho=args.rho, kind=args.sharpness,
@@ -189,7 +207,7 @@ def _measure(args, model, params, xy, mask, device, tick) -> tuple[dict, Any, An
     land = _landscape(args, model, params, xy, **kw)
     if land is not None:
         out["landscape"] = land.to_dict()
-    return out, density, land
+    return out, density, land, per_layer
 
 
 def run(args) -> int:
@@ -208,9 +226,11 @@ def run(args) -> int:
                            "n_data": int(len(xy[1])), "gauge_fixed": args.gauge_fixed,
                            "mask": args.mask or ("pruning state of the checkpoint"
                                                  if mask is not None else None),
-                           "model": loaded.name, "device": str(device)}
+                           "model": loaded.name, "device": str(device),
+                           "curvature": args.curvature}
     with _hvp_progress(args) as tick:
-        measures, density, land = _measure(args, model, params, xy, mask, device, tick)
+        measures, density, land, per_layer = _measure(args, model, params, xy, mask, device,
+                                                      tick)
     out.update(measures)
     if args.plot is not None:
         folder, stem = Path(args.plot), Path(args.checkpoint).stem
@@ -219,6 +239,8 @@ def run(args) -> int:
             figures += _plot_density(density, folder / f"{stem}-density")
         if land is not None:
             figures += _plot_landscape(land, folder / f"{stem}-landscape-{args.landscape}")
+        if per_layer is not None:
+            figures += _plot_per_layer(per_layer, args.curvature, folder / f"{stem}-per-layer")
         out["figures"] = [str(p) for p in figures]
     if args.json != "-":
         print(_summary(out))
@@ -249,13 +271,76 @@ def _summary(out: dict) -> str:
             s = s[view] if view else s
             lines.append(f"  sharpness{tag} ({out['sharpness']['kind']}, rho "
                          f"{out['sharpness']['rho']}): {s:.5g}")
+    if "per_layer" in out:
+        lines += _per_layer_lines(out["per_layer"])
     for p in out.get("figures", []):
         if p.endswith(".png"):
             lines.append(f"  figure: {p}")
     return "\n".join(lines)
 
 
+def _per_layer_views(result) -> list[tuple[str, Any]]:
+    """[(label, BlockCurvature)] of a per-block measure, raw first."""
+    if isinstance(result, dict):
+        if "raw" in result and "blocks" not in result:
+            return [("raw", result["raw"]), ("gauge-fixed", result["gauge_fixed"])]
+        return [("raw", result)]
+    if hasattr(result, "raw"):
+        return [("raw", result.raw), ("gauge-fixed", result.gauge_fixed)]
+    return [("raw", result)]
+
+
+def _per_layer_lines(per_layer: dict) -> list[str]:
+    eig, tr = _per_layer_views(per_layer["eigenvalues"]), _per_layer_views(per_layer["trace"])
+    names = list(eig[0][1]["blocks"])
+    width = max(len(n) for n in names)
+    head = f"  {'per layer':<{width + 2}}" + "".join(
+        f"  {'top eig ' + lab:>20}  {'trace ' + lab:>20}" for lab, _ in eig)
+    lines = [head]
+    for n in names:
+        cells = "".join(f"  {e['blocks'][n]['values'][-1]:>20.5g}  "
+                        f"{t['blocks'][n]['estimate']:>20.5g}"
+                        for (_, e), (_, t) in zip(eig, tr))
+        lines.append(f"    {n:<{width}}{cells}")
+    return lines
+
+
 # ----------------------------------------------------------------------------- figures
+
+def _plot_per_layer(per_layer: dict, curvature: str, stem: Path) -> list[Path]:
+    """Bars per layer: top eigenvalue and trace of the diagonal block, raw and gauge-fixed."""
+    import numpy as np
+
+    from analyses.figures import COLORS, new_figure, save_figure
+    what = "Hessian" if curvature == "hessian" else "Gauss-Newton"
+    panels = [("eigenvalues", rf"Top eigenvalue of each layer's {what} block",
+               "top eigenvalue", lambda r: r.values[-1]),
+              ("trace", f"Trace of each layer's {what} block (Hutch++)", "trace",
+               lambda r: r.estimate)]
+    views = _per_layer_views(per_layer["eigenvalues"])
+    names = list(views[0][1].blocks)
+    fig, axes = new_figure(2, 1, width=max(3.4, 0.55 * len(names) * len(views) + 1.2),
+                           height=2.8)
+    x = np.arange(len(names))
+    w = 0.8 / len(views)
+    for ax, (key, title, ylabel, value) in zip(axes[0], panels):
+        vals_all = []
+        for i, (label, res) in enumerate(_per_layer_views(per_layer[key])):
+            vals = [float(value(res.blocks[n])) for n in names]
+            vals_all += vals
+            ax.bar(x + (i - (len(views) - 1) / 2) * w, vals, w, label=label,
+                   color=COLORS["gauge_fixed"] if label == "gauge-fixed" else COLORS["raw"])
+        # linear axis: bar heights are the values; headroom keeps the legend off the bars
+        ax.axhline(0, color="black", linewidth=0.6)
+        if max(vals_all) > 0:
+            ax.set_ylim(top=1.3 * max(vals_all))
+        ax.set_xticks(x, names, rotation=30 if len(names) > 4 else 0)
+        ax.set_xlabel("layer (parameter block)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(loc="upper left", ncol=len(views))
+    return save_figure(fig, stem)
+
 
 def _plot_density(density, stem: Path) -> list[Path]:
     import numpy as np

@@ -6,7 +6,16 @@ Frankle et al. 2019). Each later level prunes the smallest-magnitude surviving w
 previous level (--strategy layerwise or global, --fraction per level), resets the survivors to
 the rewind weights and retrains from iteration k with the same schedule and data order.
 --control adds OpenLTH-style controls at every level: random_reinit (same mask, fresh init)
-and random_prune (random mask with the same per-layer sparsity, rewound weights).
+and random_prune (random mask with the same per-layer sparsity, rewound weights) -- Frankle et
+al. (2021)'s "reinitialise" and "shuffle each layer's mask" ablations -- inverted (the
+strategy's scores negated) and any score at init (that score's mask with the ticket's count).
+
+--sparsities S1,S2,... replaces --fraction by a schedule: level L keeps exactly N - ceil(S_L N)
+of the N prunable entries (per layer for layerwise). --prune weights+biases or all prunes
+biases (and norm parameters) too. --strategy snip|grasp|synflow|magnitude_init|random prunes
+at initialization (Frankle et al. 2021): level 0 is the dense network, level L is pruned in
+one shot from the init (the rewind weights) to level L's sparsity, then trained. Each level's
+per-layer density is in its metrics.json and printed below the table.
 
 Pruning defaults follow the papers: mlp/lenet_300_100 layerwise 20% with the output layer at
 half rate (Frankle & Carbin 2019); conv2/4/6 layerwise with their conv/fc/output rates
@@ -41,17 +50,37 @@ def _layer_fraction(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected NAME=FRACTION (e.g. fc3=0.1), got {text!r}")
 
 
+def _sparsities(text: str) -> tuple[float, ...]:
+    import argparse
+    try:
+        return tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions (e.g. "
+                                         f"0.5,0.8,0.9), got {text!r}")
+
+
 def add_arguments(parser) -> None:
-    from tickets.imp import CONTROLS
+    from tickets.imp import ALL_STRATEGIES, CONTROLS
+    from tickets.prune import KINDS
     add_training_arguments(parser)
     g = parser.add_argument_group("pruning (defaults follow each model's source paper)")
-    g.add_argument("--levels", type=int, required=True,
-                   help="pruning rounds: levels 0 (dense) .. N; weights remaining ~ (1-f)^N")
+    g.add_argument("--levels", type=int, default=None,
+                   help="pruning rounds: levels 0 (dense) .. N; weights remaining ~ (1-f)^N "
+                        "(default with --sparsities: its length)")
+    g.add_argument("--sparsities", type=_sparsities, default=None, metavar="S1,S2,...",
+                   help="sparsity schedule instead of --fraction: fraction of the prunable "
+                        "weights removed at level 1, 2, ... (increasing, < 1)")
+    g.add_argument("--prune", choices=list(KINDS), default=None,
+                   help="what is prunable: Linear/Conv weights (default), their biases too, "
+                        "or every parameter (norm scales and shifts too)")
+    g.add_argument("--score-examples", type=int, default=None, metavar="N",
+                   help="training examples a data-dependent score at init reads (default 100)")
     g.add_argument("--fraction", type=float, default=None,
                    help="fraction of the surviving weights pruned per level (default 0.2)")
-    g.add_argument("--strategy", choices=["global", "layerwise"], default=None,
+    g.add_argument("--strategy", choices=list(ALL_STRATEGIES), default=None,
                    help="rank weights across all layers (global, OpenLTH sparse_global) or "
-                        "within each layer (layerwise, Frankle & Carbin 2019)")
+                        "within each layer (layerwise, Frankle & Carbin 2019), or prune at "
+                        "init by a score (snip, grasp, synflow, magnitude_init, random)")
     g.add_argument("--layer-fraction", type=_layer_fraction, action="append", default=None,
                    metavar="NAME=F", help="per-layer fraction override (layerwise), e.g. fc3=0.1")
     g.add_argument("--ignore", nargs="*", default=None, metavar="NAME",
@@ -93,11 +122,29 @@ def _table(result) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(l) for l in lines])
 
 
+def _layer_table(result) -> str:
+    """Density (% of entries kept) of each pruned tensor at each ticket level."""
+    rows = [r for r in result.levels if r.get("layer_density")]
+    if not rows:
+        return ""
+    names = list(rows[0]["layer_density"])
+    head = ["density % per tensor"] + [f"L{r['level']}" for r in rows]
+    lines = [[n] + [f"{100 * r['layer_density'].get(n, 1.0):.1f}" for r in rows] for n in names]
+    widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(l) for l in lines])
+
+
 def run(args) -> int:
     from tickets.imp import run_imp
 
     if args.fraction is not None and not 0.0 < args.fraction < 1.0:
         raise UsageError(f"--fraction must be in (0, 1), got {args.fraction}")
+    if args.levels is None:
+        if args.sparsities is None:
+            raise UsageError("give --levels N (or a --sparsities schedule)")
+        args.levels = len(args.sparsities)
     if args.levels < 0:
         raise UsageError(f"--levels must be >= 0, got {args.levels}")
     if args.rewind_iter < 0:
@@ -126,12 +173,15 @@ def run(args) -> int:
                      model_kwargs=kwargs,
                      layer_fractions=dict(args.layer_fraction) if args.layer_fraction else None,
                      ignore=args.ignore, mask=mask, dataset_seed=args.seed, root=args.root,
+                     sparsities=args.sparsities, prune=args.prune,
+                     score_examples=args.score_examples,
                      device=device, progress=progress, on_level=on_level)
     if args.json != "-":
         print(f"IMP {args.model} on {args.data} -> {args.out} "
               f"({len(result.computed)} trained, {len(result.resumed)} resumed, "
               f"{result.wall_time:.1f}s)")
         print(_table(result))
+        print(_layer_table(result))
     emit_json(args.json, result)
     return 0
 

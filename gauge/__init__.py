@@ -16,6 +16,7 @@ from gauge.flatness import (Landscape1D, Landscape2D, SharpnessResult, epsilon_s
                             landscape_1d, landscape_2d, loss_at, sharpness)
 from gauge.hessian import (Density, EigResult, HessianOperator, TraceResult, hessian_eigenvalues,
                            hessian_trace, hvp, spectral_density)
+from gauge.hessian import BlockCurvature, GaussNewtonObjective, parameter_blocks
 from gauge.infer import infer_spec
 from gauge.many import (CycleConsistency, ManyAlignment, align_many, cycle_consistency,
                         pairwise_matchings)
@@ -46,6 +47,7 @@ __all__ = ["GaugeError", "MismatchError", "SpecError", "TraceError", "ConnectErr
            "chance_jaccard", "mask_overlap", "overlap_matrix",
            "HessianOperator", "EigResult", "TraceResult", "Density", "hvp",
            "hessian_eigenvalues", "hessian_trace", "spectral_density",
+           "BlockCurvature", "GaussNewtonObjective", "parameter_blocks",
            "SharpnessResult", "Landscape1D", "Landscape2D", "GaugeFixed", "sharpness",
            "epsilon_sharpness", "landscape_1d", "landscape_2d", "loss_at", "gauge_fix",
            "weights_only",

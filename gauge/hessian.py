@@ -21,13 +21,23 @@ eigenvalues :func:`hessian_eigenvalues` (Lanczos with early stopping, then impli
 restarted Lanczos, ``eigsh``), trace :func:`hessian_trace` (Hutchinson 1989; Hutch++, Meyer et
 al. 2021) and spectral density :func:`spectral_density` (stochastic Lanczos quadrature,
 Ghorbani et al. 2019). One Lanczos iteration, :func:`lanczos`, serves both.
+
+Each measure also takes ``curvature="ggn"``: the generalised Gauss-Newton matrix
+``G = J^T H_out J`` (Schraudolph 2002; Martens 2020) in place of ``H``, with ``J`` the Jacobian
+of the network's outputs and ``H_out`` the Hessian of the loss in the outputs
+(:class:`GaussNewtonObjective`); ``G`` is positive semi-definite for a loss convex in the
+outputs (cross-entropy, squared error). And ``blocks``: the measure of each diagonal block
+``H_bb`` (the curvature of the loss in block ``b``'s parameters with the others held fixed),
+blocks per layer (``"layer"``), per tensor (``"tensor"``) or named groups of glob patterns
+(:func:`parameter_blocks`), returned as :class:`BlockCurvature`.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import scipy.linalg
@@ -35,12 +45,17 @@ import scipy.sparse.linalg
 import torch
 from torch import nn
 
+from gauge.batches import batch_loss, forward, logits_of
 from gauge.errors import FlatnessError, FlatnessOptionError
-from gauge.objective import Objective, ParamFilter, raw_and_gauge_fixed
+from gauge.objective import Objective, ParamFilter, eval_mode, raw_and_gauge_fixed
 from gauge.results import Result
 
 __all__ = ["HessianOperator", "EigResult", "TraceResult", "Density", "hvp", "lanczos",
-           "hessian_eigenvalues", "hessian_trace", "spectral_density"]
+           "hessian_eigenvalues", "hessian_trace", "spectral_density", "BlockCurvature",
+           "GaussNewtonObjective", "parameter_blocks", "CURVATURES"]
+
+#: The curvature matrices a measure can look at.
+CURVATURES = ("hessian", "ggn")
 
 
 # ----------------------------------------------------------------------------- results
@@ -130,14 +145,18 @@ class HessianOperator(scipy.sparse.linalg.LinearOperator):
 
 def hvp(model: nn.Module, params: Mapping[str, torch.Tensor], data, loss_fn=None, *,
         mask=None, param_filter: ParamFilter | None = None, device="cpu", batch_size=None,
-        callback: Callable[[int], None] | None = None, logits_fn=None) -> HessianOperator:
-    """The Hessian ``H = d^2 L / d theta^2`` of the mean loss on ``data`` as a LinearOperator.
+        callback: Callable[[int], None] | None = None,
+        curvature: str = "hessian", logits_fn=None) -> HessianOperator:
+    """The Hessian ``H = d^2 L / d theta^2`` of the mean loss on ``data`` as a LinearOperator
+    (``curvature="ggn"``: the generalised Gauss-Newton matrix, :class:`GaussNewtonObjective`).
 
     Raises :class:`NonFiniteLossError` if the loss at ``params`` is not finite,
     :class:`EmptyParamsError` if mask/param_filter select nothing.
     """
-    problem = Objective(model, params, data, loss_fn, mask=mask, param_filter=param_filter,
-                        device=device, batch_size=batch_size, logits_fn=logits_fn)
+    _check_curvature(curvature)
+    kind = Objective if curvature == "hessian" else GaussNewtonObjective
+    problem = kind(model, params, data, loss_fn, mask=mask, param_filter=param_filter,
+                   device=device, batch_size=batch_size, logits_fn=logits_fn)
     if len(problem.batches) == 1:
         problem.graph()  # checks the loss and gradient, builds the graph once
     else:
@@ -322,7 +341,7 @@ def hessian_eigenvalues(model: nn.Module, params: Mapping[str, torch.Tensor], da
                         batch_size=None, residuals: bool = True,
                         callback: Callable[[int], None] | None = None,
                         gauge_fixed: bool = False, spec=None, canon_kwargs=None,
-                        logits_fn=None):
+                        blocks=None, curvature: str = "hessian", logits_fn=None):
     """The ``k`` largest (``which="LA"``), smallest (``"SA"``, negative curvature) or both
     (``"both"``: ``k`` from each end) Hessian eigenvalues, to relative accuracy ``tol``.
 
@@ -338,13 +357,15 @@ def hessian_eigenvalues(model: nn.Module, params: Mapping[str, torch.Tensor], da
     gradient lies mostly in the top eigenspace; Gur-Ari et al. 2018). With ``residuals=True``
     one extra HVP per eigenpair measures ``||Hv - lambda v|| / |lambda|`` (counted in
     ``n_hvp``). Problems with ``n <= 8`` or ``n <= #wanted + 1`` are solved densely from ``n``
-    HVPs. Returns :class:`EigResult` (or :class:`~gauge.objective.GaugeFixed` of two).
+    HVPs. ``blocks``/``curvature``: see the module docstring. Returns :class:`EigResult`
+    (per block: :class:`BlockCurvature`; or :class:`~gauge.objective.GaugeFixed` of two).
     """
     _check_eig_options(k, which, tol, method)
 
-    def run(p):
-        op = hvp(model, p, data, loss_fn, mask=mask, param_filter=param_filter, device=device,
-                 batch_size=batch_size, callback=callback, logits_fn=logits_fn)
+    def run(p, pf):
+        op = hvp(model, p, data, loss_fn, mask=mask, param_filter=pf, device=device,
+                 batch_size=batch_size, callback=callback, curvature=curvature,
+                 logits_fn=logits_fn)
         n = op.shape[0]
         n_eig = 2 * k if which == "both" else k
         if n_eig > n:
@@ -360,7 +381,8 @@ def hessian_eigenvalues(model: nn.Module, params: Mapping[str, torch.Tensor], da
         return EigResult(values=np.asarray(values), vectors=np.asarray(vectors),
                          n_hvp=op.n_hvp, residuals=res, n_params=n)
 
-    return raw_and_gauge_fixed(run, model, params, data, gauge_fixed, spec, mask, canon_kwargs)
+    return raw_and_gauge_fixed(_per_block(run, model, blocks, param_filter, curvature), model,
+                               params, data, gauge_fixed, spec, mask, canon_kwargs)
 
 
 # ----------------------------------------------------------------------------- trace
@@ -395,8 +417,10 @@ def hessian_trace(model: nn.Module, params: Mapping[str, torch.Tensor], data, lo
                   n_samples: int = 100, method: str = "hutchinson", mask=None,
                   param_filter: ParamFilter | None = None, device="cpu", seed: int = 0,
                   batch_size=None, callback: Callable[[int], None] | None = None,
-                  gauge_fixed: bool = False, spec=None, canon_kwargs=None, logits_fn=None):
-    """Stochastic trace ``tr(H)``.
+                  gauge_fixed: bool = False, spec=None, canon_kwargs=None,
+                  blocks=None, curvature: str = "hessian", logits_fn=None):
+    """Stochastic trace ``tr(H)`` (per block ``tr(H_bb)`` with ``blocks``; ``tr(G)`` with
+    ``curvature="ggn"``).
 
     ``"hutchinson"`` (Hutchinson 1989): ``mean_i z_i^T H z_i`` over ``n_samples`` Rademacher
     probes; stderr = sample std / sqrt(n_samples). ``"hutch++"`` (Meyer et al. 2021): with
@@ -412,13 +436,15 @@ def hessian_trace(model: nn.Module, params: Mapping[str, torch.Tensor], data, lo
                                   f"{method}, got {n_samples!r}")
     estimate = _hutchinson if method == "hutchinson" else _hutch_plus_plus
 
-    def run(p):
-        op = hvp(model, p, data, loss_fn, mask=mask, param_filter=param_filter, device=device,
-                 batch_size=batch_size, callback=callback, logits_fn=logits_fn)
+    def run(p, pf):
+        op = hvp(model, p, data, loss_fn, mask=mask, param_filter=pf, device=device,
+                 batch_size=batch_size, callback=callback, curvature=curvature,
+                 logits_fn=logits_fn)
         value, stderr = estimate(op, n_samples, torch.Generator().manual_seed(int(seed)))
         return TraceResult(value, stderr, op.n_hvp, method)
 
-    return raw_and_gauge_fixed(run, model, params, data, gauge_fixed, spec, mask, canon_kwargs)
+    return raw_and_gauge_fixed(_per_block(run, model, blocks, param_filter, curvature), model,
+                               params, data, gauge_fixed, spec, mask, canon_kwargs)
 
 
 # ----------------------------------------------------------------------------- SLQ density
@@ -460,8 +486,9 @@ def spectral_density(model: nn.Module, params: Mapping[str, torch.Tensor], data,
                      param_filter: ParamFilter | None = None, device="cpu", seed: int = 0,
                      batch_size=None, callback: Callable[[int], None] | None = None,
                      gauge_fixed: bool = False, spec=None, canon_kwargs=None,
-                     logits_fn=None):
-    """Hessian spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019).
+                     curvature: str = "hessian", logits_fn=None):
+    """Hessian (or ``curvature="ggn"``: Gauss-Newton) spectral density by stochastic Lanczos
+    quadrature (Ghorbani et al. 2019).
 
     For each of ``n_runs`` Rademacher start vectors, ``lanczos_steps`` Lanczos steps give the
     tridiagonal ``T = S diag(theta) S^T``; the quadrature nodes ``theta_i`` carry weights
@@ -477,10 +504,111 @@ def spectral_density(model: nn.Module, params: Mapping[str, torch.Tensor], data,
 
     def run(p):
         op = hvp(model, p, data, loss_fn, mask=mask, param_filter=param_filter, device=device,
-                 batch_size=batch_size, callback=callback, logits_fn=logits_fn)
+                 batch_size=batch_size, callback=callback, curvature=curvature, logits_fn=logits_fn)
         nodes, weights = _slq_nodes(op, n_runs, lanczos_steps, seed)
         grid, dens, sig = _gaussian_mixture(nodes, weights, n_runs, n_grid, sigma)
         return Density(grid=grid, density=dens, nodes=nodes, weights=weights, sigma=sig,
                        n_hvp=op.n_hvp)
 
     return raw_and_gauge_fixed(run, model, params, data, gauge_fixed, spec, mask, canon_kwargs)
+
+
+# ----------------------------------------------------------------------------- blocks, GGN
+
+def _check_curvature(curvature: str) -> None:
+    if curvature not in CURVATURES:
+        raise FlatnessOptionError(f"curvature must be one of {', '.join(CURVATURES)}, got "
+                                  f"{curvature!r}")
+
+
+@dataclass(frozen=True)
+class BlockCurvature(Result):
+    """A measure (:class:`EigResult` or :class:`TraceResult`) of each diagonal block ``H_bb``
+    (or ``G_bb``): ``blocks[b]`` is the result, ``members[b]`` the parameter tensors of block
+    ``b``, ``n_hvp`` the products used over all blocks."""
+
+    blocks: dict[str, Any]
+    members: dict[str, tuple[str, ...]]
+    curvature: str = "hessian"
+    n_hvp: int = 0
+
+
+def parameter_blocks(model: nn.Module, params: Mapping[str, torch.Tensor], blocks="layer",
+                     param_filter: ParamFilter | None = None) -> dict[str, tuple[str, ...]]:
+    """The parameter tensors of each block, in ``params`` order, among the tensors a measure
+    differentiates (``nn.Parameter`` entries of ``params`` kept by ``param_filter``).
+
+    ``blocks``: ``"layer"`` groups tensors by module (``fc1.weight`` and ``fc1.bias`` form
+    ``"fc1"``), ``"tensor"`` makes each tensor a block, a dict ``name -> glob pattern(s)``
+    (``fnmatch``, e.g. ``{"hidden": ["fc1.*", "fc2.*"], "out": "fc3.*"}``) names the blocks.
+    Raises :class:`FlatnessOptionError` for another value or a pattern group matching nothing.
+    """
+    trainable = {n for n, _ in model.named_parameters()}
+    names = [k for k, v in params.items() if k in trainable and v.is_floating_point()
+             and (param_filter is None or param_filter(k, v))]
+    if blocks == "tensor":
+        return {n: (n,) for n in names}
+    if blocks == "layer":
+        out: dict[str, list[str]] = {}
+        for n in names:
+            out.setdefault(n.rsplit(".", 1)[0] if "." in n else n, []).append(n)
+        return {b: tuple(v) for b, v in out.items()}
+    if not isinstance(blocks, Mapping) or not blocks:
+        raise FlatnessOptionError(f"blocks must be 'layer', 'tensor' or a non-empty dict of "
+                                  f"name -> glob patterns, got {blocks!r}")
+    groups = {}
+    for b, patterns in blocks.items():
+        patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+        members = tuple(n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns))
+        if not members:
+            raise FlatnessOptionError(f"block {b!r}: {patterns} match no measured parameter "
+                                      f"(parameters: {', '.join(names[:8])}"
+                                      f"{', ...' if len(names) > 8 else ''})")
+        groups[str(b)] = members
+    return groups
+
+
+def _per_block(measure, model, blocks, param_filter, curvature):
+    """``p -> measure(p, param_filter)``, or with ``blocks`` the :class:`BlockCurvature` of
+    ``measure`` restricted to each block's tensors (so the HVP is that of ``H_bb``)."""
+    _check_curvature(curvature)
+    if blocks is None:
+        return lambda p: measure(p, param_filter)
+
+    def run(p):
+        members = parameter_blocks(model, p, blocks, param_filter)
+        results = {b: measure(p, lambda n, _t, keep=frozenset(names): n in keep)
+                   for b, names in members.items()}
+        return BlockCurvature(blocks=results, members=members, curvature=curvature,
+                              n_hvp=sum(r.n_hvp for r in results.values()))
+
+    return run
+
+
+class GaussNewtonObjective(Objective):
+    """:class:`~gauge.objective.Objective` whose :meth:`hvp` is the generalised Gauss-Newton
+    product ``G v = sum_b (|b| / n) J_b^T H_b J_b v`` (Schraudolph 2002): ``J_b`` is the
+    Jacobian of the outputs on batch ``b`` in the free parameters, ``H_b`` the Hessian of the
+    batch-mean loss in those outputs. ``J v`` is one forward-mode product
+    (``torch.func.jvp``), ``J^T u`` one reverse-mode product (``torch.func.vjp``); ``G`` drops
+    the term of ``H`` that carries the outputs' own curvature, and is positive semi-definite
+    when the loss is convex in the outputs."""
+
+    def hvp(self, vec: torch.Tensor) -> torch.Tensor:
+        v = tuple(self.unflatten(vec))
+        primals = tuple(self.free_tensors())
+        out = [torch.zeros_like(t) for t in primals]
+        with eval_mode(self.model):
+            for batch in self.batches:
+                def f(*tensors, batch=batch):
+                    out = forward(self.model, batch, self.params_with(tensors), name=self.name)
+                    return logits_of(out, self.logits_fn)
+                outputs, jv = torch.func.jvp(f, primals, v)
+                z = outputs.detach().requires_grad_(True)
+                loss = batch_loss(z, batch, self.loss_fn, name=self.name) * (batch.n / self.n_data)
+                (g,) = torch.autograd.grad(loss, z, create_graph=True)
+                (hjv,) = torch.autograd.grad(g, z, grad_outputs=jv)
+                _, pullback = torch.func.vjp(f, *primals)
+                out = [a + b for a, b in zip(out, pullback(hjv))]
+        self.n_hvp += 1
+        return self.flatten(out).detach()

@@ -10,10 +10,26 @@ Algorithm (Frankle & Carbin 2019; late rewinding: Frankle, Dziugaite, Roy & Carb
   them from iteration ``k`` to ``T`` with the same schedule and data order (fast-forwarded: the
   learning rate and batch order are those of the absolute iteration; optimiser state fresh, as
   OpenLTH does).
+* Schedule: each level removes ``fraction`` of the survivors, or with ``sparsities``
+  ``s_1 < s_2 < ...`` level ``L`` keeps exactly ``N - ceil(s_L * N)`` of the ``N`` prunable
+  entries (per tensor for layerwise; :func:`tickets.prune.remaining_after`). ``prune`` says
+  what is prunable: Linear/Conv weights, plus their biases, or every parameter
+  (:func:`tickets.prune.prunable`).
+* Pruning at initialization (Frankle et al. 2021): with a ``strategy`` of
+  :data:`tickets.scores.SCORES` (SNIP, GraSP, SynFlow, magnitude or random at init), level 0
+  is the same dense network and level ``L`` is found in one shot from the starting mask at the
+  rewind weights ``theta_k`` (``theta_0`` for ``k = 0``, i.e. before any training) to the
+  survivor count of level ``L`` of the schedule, then trained as above. Levels do not depend on
+  each other.
 * Controls, as OpenLTH branches, at every level ``L >= 1``: ``random_reinit`` keeps the mask
   ``m_L`` but draws fresh weights from another seed (Frankle & Carbin's "reinit" control);
   ``random_prune`` keeps the rewound weights ``theta_k`` under a random mask with the same
   per-layer survivor counts as ``m_L``. Both train from iteration ``k`` exactly as the ticket.
+  They are Frankle et al. (2021)'s ablations "reinitialise" and "shuffle each layer's mask"
+  (a uniformly random mask with the same per-layer counts). ``inverted`` prunes by the
+  negated scores of the run's strategy from the point level ``L`` was pruned from (the
+  inversion ablation). Every name of :data:`tickets.scores.SCORES` is a control too: that
+  score's mask at init with exactly the ticket's survivor count at level ``L``.
 
 A run is described by one frozen :class:`ImpConfig` (OpenLTH's ``LotteryDesc``), written to
 run.json; the directory layout is :mod:`tickets.runs`. A run killed at any moment and started
@@ -36,6 +52,7 @@ import torch
 from torch import nn
 
 from tickets import prune as P
+from tickets import scores as S
 from tickets.data import DataSplits
 from tickets.errors import ConfigError, RunError
 from tickets.runs import (FORMAT, FORMAT_VERSION, LAST_FILE, completed_levels, level_dir,
@@ -43,10 +60,15 @@ from tickets.runs import (FORMAT, FORMAT_VERSION, LAST_FILE, completed_levels, l
 from tickets.store import load_json, save_checkpoint, save_json, versions
 from tickets.train import TrainConfig, train
 
-__all__ = ["run_imp", "ImpConfig", "ImpResult", "default_pruning", "check_imp_args", "CONTROLS"]
+__all__ = ["run_imp", "ImpConfig", "ImpResult", "default_pruning", "check_imp_args", "CONTROLS",
+           "ALL_STRATEGIES"]
 
-#: Control branches :func:`run_imp` can add (OpenLTH's randomly_reinitialize / randomly_prune).
-CONTROLS = ("random_reinit", "random_prune")
+#: Control branches :func:`run_imp` can add: OpenLTH's randomly_reinitialize / randomly_prune,
+#: the score inversion of Frankle et al. (2021) and every pruning-at-initialization score.
+CONTROLS = ("random_reinit", "random_prune", "inverted", *S.SCORES)
+
+#: Every ``strategy``: magnitude pruning of the trained weights, or a score at init.
+ALL_STRATEGIES = (*P.STRATEGIES, *S.SCORES)
 
 
 # --------------------------------------------------------------------------- defaults
@@ -65,7 +87,7 @@ def default_pruning(model_name: str, prunable_names: list[str], fraction: float 
       ``pruning_layers_to_ignore='fc.weight'``.
 
     A user ``fraction`` scales the per-layer rates in the same proportions; a user
-    ``strategy`` of ``"global"`` drops per-layer rates.
+    ``strategy`` other than ``"layerwise"`` (global, or a score at init) drops per-layer rates.
     """
     names = list(prunable_names)
     output = names[-1] if names else None
@@ -80,7 +102,7 @@ def default_pruning(model_name: str, prunable_names: list[str], fraction: float 
         strat, base, ratios, ignore = "global", 0.2, {}, ([output] if output else [])
     frac = base if fraction is None else float(fraction)
     strat = strategy or strat
-    if strat == "global":
+    if strat != "layerwise":
         layer_fractions = {}
     else:
         layer_fractions = {n: frac * r for n, r in ratios.items() if n is not None and
@@ -102,6 +124,9 @@ class ImpConfig:
     and pruning rule. :meth:`to_dict` is run.json without the bookkeeping keys; a resumed run
     must equal the stored one in every field except the informative ``root``, ``total_iters``
     and ``iters_per_epoch``. ``initial_mask`` is the SHA-256 of the starting mask (or None).
+    ``sparsities`` (empty: ``fraction`` per level) is the schedule, ``prune`` what is prunable
+    (:data:`tickets.prune.KINDS`), ``score_examples`` the first training examples a score at
+    init reads. A run.json without a field that has a default holds that default.
     Build one with :meth:`build` (paper defaults filled in, every option checked)."""
 
     format_version: int = FORMAT_VERSION
@@ -119,6 +144,9 @@ class ImpConfig:
     iters_per_epoch: int = _informative()
     strategy: str
     fraction: float
+    sparsities: tuple[float, ...] = ()
+    prune: str = "weights"
+    score_examples: int = 100
     layer_fractions: dict = field(default_factory=dict)
     ignore: tuple[str, ...] = ()
     prunable: tuple[str, ...]
@@ -134,7 +162,9 @@ class ImpConfig:
               layer_fractions: Mapping[str, float] | None = None,
               ignore: Iterable[str] | None = None,
               mask: Mapping[str, torch.Tensor] | None = None,
-              dataset_seed: int | None = None, root: str | Path | None = None) -> ImpConfig:
+              dataset_seed: int | None = None, root: str | Path | None = None,
+              sparsities: Iterable[float] | None = None, prune: str | None = None,
+              score_examples: int | None = None) -> ImpConfig:
         """The config of IMP on model ``model_name`` and ``data`` (options as in
         :func:`run_imp`; ``None`` takes :func:`default_pruning`). ``model_name`` is a model
         source (:func:`tickets.sources.source_spec`), recorded in its canonical form so that
@@ -145,10 +175,15 @@ class ImpConfig:
         model_kwargs = dict(model_kwargs or {})
         model = resolve_model(model_name, kwargs=model_kwargs, num_classes=data.num_classes,
                               input_shape=data.input_shape, seed=seed)
-        rule = _pruning_rule(model_name, model, fraction, strategy, layer_fractions, ignore)
+        rule = _pruning_rule(model_name, model, fraction, strategy, layer_fractions, ignore,
+                             sparsities, prune or "weights")
         n_train = len(data.train)
         total = cfg.total_iters(n_train)
         _check_rule(rule["fraction"], rule["strategy"], rewind_iter, total)
+        n_score = 100 if score_examples is None else score_examples
+        if not isinstance(n_score, int) or isinstance(n_score, bool) or not 1 <= n_score:
+            raise ConfigError(f"score_examples must be a positive integer, got {n_score!r}")
+        rule["score_examples"] = min(n_score, n_train)
         return cls(model=model_name, model_kwargs=model_kwargs, num_classes=data.num_classes,
                    input_shape=tuple(data.input_shape), dataset=data.name,
                    dataset_seed=seed if dataset_seed is None else int(dataset_seed),
@@ -167,13 +202,14 @@ class ImpConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> ImpConfig:
         """The config of a run.json (extra keys ignored). Raises :class:`RunError` if a field
         is missing."""
-        missing = [f.name for f in fields(cls) if f.name not in d and f.name != "root"]
+        missing = [f.name for f in fields(cls) if f.name not in d and f.name != "root"
+                   and f.name not in _LATER_FIELDS]
         if missing:
             raise RunError(f"run.json: no {missing[0]!r}: not written by this toolkit")
         kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
         kw.update(train_config=TrainConfig.from_dict(d["train_config"]),
                   input_shape=tuple(d["input_shape"]), ignore=tuple(d["ignore"]),
-                  prunable=tuple(d["prunable"]))
+                  prunable=tuple(d["prunable"]), sparsities=tuple(d.get("sparsities", ())))
         return cls(**kw)
 
     def difference(self, stored: Mapping[str, Any]) -> str | None:
@@ -181,7 +217,7 @@ class ImpConfig:
         the run.json ``stored`` differs from this config; ``None`` if it is the same run."""
         mine = self.to_dict()
         for f in fields(self):
-            old = _canon(stored.get(f.name))
+            old = _canon(stored.get(f.name, _LATER_FIELDS.get(f.name)))
             if f.compare and old != mine[f.name]:
                 return _first_difference(old, mine[f.name], f"{f.name}.") or f.name
         return None
@@ -194,42 +230,72 @@ class ImpConfig:
                              seed=self.seed if seed is None else seed)
 
 
+#: Fields added to run.json after its first version, with the value an older run.json means.
+_LATER_FIELDS = {"sparsities": [], "prune": "weights", "score_examples": 100}
+
+
 def _pruning_rule(model_name: str, model: nn.Module, fraction, strategy, layer_fractions,
-                  ignore) -> dict[str, Any]:
-    """``strategy``, ``fraction``, ``layer_fractions``, ``ignore`` and ``prunable`` of a run:
-    the user's choices over :func:`default_pruning`."""
+                  ignore, sparsities, kind: str) -> dict[str, Any]:
+    """``strategy``, ``fraction``, ``sparsities``, ``prune``, ``layer_fractions``, ``ignore``
+    and ``prunable`` of a run: the user's choices over :func:`default_pruning`."""
+    if strategy is not None:
+        _check_strategy(strategy)
+    schedule = () if sparsities is None else P.check_sparsities(sparsities)
+    if schedule and fraction is not None:
+        raise ConfigError("give a pruning fraction per level or a sparsity schedule, not both")
     defaults = default_pruning(model_name, P.prunable(model), fraction, strategy)
     ignore_list = (list(defaults["ignore"]) if ignore is None
                    else [P.weight_name(n) for n in ignore])
-    names = P.prunable(model, ignore=ignore_list)
+    names = P.prunable(model, ignore=ignore_list, kind=kind)
     if not names:
         raise ConfigError("nothing to prune: every prunable weight is ignored")
     lf = {k: v for k, v in defaults["layer_fractions"].items() if k in names}
+    if schedule:
+        lf = {}
     if layer_fractions:
-        if defaults["strategy"] == "global":
-            raise ConfigError("per-layer fractions apply only to the layerwise strategy")
+        if defaults["strategy"] != "layerwise" or schedule:
+            raise ConfigError("per-layer fractions apply only to the layerwise strategy with a "
+                              "fixed fraction per level")
         lf.update({P.weight_name(k): float(v) for k, v in layer_fractions.items()})
     P.resolve_layer_fractions(names, defaults["fraction"], lf)  # validates keys and ranges
+    if schedule:
+        sizes = dict(model.state_dict())
+        groups = ({n: sizes[n].numel() for n in names} if defaults["strategy"] == "layerwise"
+                  else {"the prunable weights": sum(sizes[n].numel() for n in names)})
+        for what, total in groups.items():
+            if P.remaining_after(len(schedule), total, sparsities=schedule) == 0:
+                raise ConfigError(f"sparsity schedule leaves nothing: {schedule[-1]} of "
+                                  f"{what} ({total} entries) keeps none")
     return {"strategy": defaults["strategy"], "fraction": defaults["fraction"],
-            "layer_fractions": lf, "ignore": tuple(ignore_list), "prunable": tuple(names)}
+            "sparsities": schedule, "prune": kind, "layer_fractions": lf,
+            "ignore": tuple(ignore_list), "prunable": tuple(names)}
+
+
+def _check_strategy(strategy: str) -> None:
+    if strategy not in ALL_STRATEGIES:
+        raise ConfigError(f"pruning strategy must be one of {', '.join(ALL_STRATEGIES)}, got "
+                          f"{strategy!r}")
 
 
 def _check_rule(fraction: float, strategy: str, rewind_iter: int, total_iters: int) -> None:
     if not 0.0 < float(fraction) < 1.0:
         raise ConfigError(f"pruning fraction must be in (0, 1), got {fraction}")
-    if strategy not in P.STRATEGIES:
-        raise ConfigError(f"pruning strategy must be one of {', '.join(P.STRATEGIES)}, got "
-                          f"{strategy!r}")
+    _check_strategy(strategy)
     if not isinstance(rewind_iter, int) or rewind_iter < 0 or rewind_iter >= total_iters:
         raise ConfigError(f"rewind iteration must be in 0..{total_iters - 1} (training is "
                           f"{total_iters} iterations), got {rewind_iter}")
 
 
 def check_imp_args(*, levels: int, fraction: float, strategy: str, rewind_iter: int,
-                   total_iters: int, controls: Iterable[str] = ()) -> None:
+                   total_iters: int, controls: Iterable[str] = (),
+                   sparsities: Iterable[float] = ()) -> None:
     """Validate the IMP options (raises :class:`ConfigError` naming the bad one)."""
     if not isinstance(levels, int) or isinstance(levels, bool) or levels < 0:
         raise ConfigError(f"levels must be an integer >= 0, got {levels!r}")
+    schedule = tuple(sparsities)
+    if schedule and levels > len(schedule):
+        raise ConfigError(f"levels {levels} is beyond the sparsity schedule ({len(schedule)} "
+                          f"sparsities)")
     _check_rule(fraction, strategy, rewind_iter, total_iters)
     for c in controls:
         if c not in CONTROLS:
@@ -270,6 +336,8 @@ def run_imp(model_name: str | Callable[..., nn.Module] | ImpConfig, data: DataSp
             ignore: Iterable[str] | None = None,
             mask: Mapping[str, torch.Tensor] | None = None,
             dataset_seed: int | None = None, root: str | Path | None = None,
+            sparsities: Iterable[float] | None = None, prune: str | None = None,
+            score_examples: int | None = None,
             device: str | torch.device = "cpu", progress: bool = False,
             on_level: Callable[[dict], None] | None = None) -> ImpResult:
     """Find a lottery ticket by IMP with rewinding (see module docstring) into ``out_dir``.
@@ -282,10 +350,13 @@ def run_imp(model_name: str | Callable[..., nn.Module] | ImpConfig, data: DataSp
     (levels ``0..levels``; 0 = dense only). ``fraction``/``strategy``/``layer_fractions``/
     ``ignore``: pruning rule; ``None`` takes the paper defaults of :func:`default_pruning`
     (explicit ``layer_fractions`` and ``ignore`` replace the defaults for the layers they
-    name). ``rewind_iter``: iteration ``k`` the survivors are reset to. ``control``:
-    ``"random_reinit"`` and/or ``"random_prune"``. ``mask``: a starting mask for level 0 (e.g.
-    a transferred ticket). ``data_seed``: data order (default ``seed``). ``dataset_seed``/
-    ``root``: recorded so :func:`tickets.runs.load_run_data` reloads the same data.
+    name). ``sparsities``: a schedule ``s_1 < s_2 < ...`` instead of ``fraction`` (``levels``
+    at most its length); ``prune``: ``"weights"`` (default), ``"weights+biases"`` or ``"all"``;
+    ``strategy`` may be a score at init (:data:`tickets.scores.SCORES`; ``score_examples``:
+    the first training examples it reads, default 100). ``rewind_iter``: iteration ``k`` the
+    survivors are reset to. ``control``: any of :data:`CONTROLS`. ``mask``: a starting mask
+    for level 0 (e.g. a transferred ticket). ``data_seed``: data order (default ``seed``).
+    ``dataset_seed``/``root``: recorded so :func:`tickets.runs.load_run_data` reloads the same data.
     ``on_level`` receives each summary row as it completes (with ``control`` set). Returns
     :class:`ImpResult`; raises ``ConfigError``/``RunError``/``ModelError`` before writing
     anything on bad input.
@@ -295,7 +366,7 @@ def run_imp(model_name: str | Callable[..., nn.Module] | ImpConfig, data: DataSp
     options = dict(seed=seed, fraction=fraction, strategy=strategy, rewind_iter=rewind_iter,
                    data_seed=data_seed, model_kwargs=model_kwargs,
                    layer_fractions=layer_fractions, ignore=ignore, dataset_seed=dataset_seed,
-                   root=root)
+                   root=root, sparsities=sparsities, prune=prune, score_examples=score_examples)
     if isinstance(model_name, ImpConfig):
         config = _given_config(model_name, data, cfg=cfg, **options)
     elif cfg is None or seed is None:
@@ -304,14 +375,14 @@ def run_imp(model_name: str | Callable[..., nn.Module] | ImpConfig, data: DataSp
         config = ImpConfig.build(model_name, data, cfg, mask=mask, **options)
     check_imp_args(levels=levels, fraction=config.fraction, strategy=config.strategy,
                    rewind_iter=config.rewind_iter, total_iters=config.total_iters,
-                   controls=controls)
+                   controls=controls, sparsities=config.sparsities)
     init_params, start_mask = _start(config, mask)
     out = Path(out_dir)
     meta = _prepare(out, config, levels, controls, resume)
-    imp = _Imp(out, config, meta, data, levels=levels, device=device, progress=progress,
-               on_level=on_level)
+    imp = _Imp(out, config, meta, data, start_mask, levels=levels, device=device,
+               progress=progress, on_level=on_level)
     for level in range(levels + 1):
-        imp.ticket(level, init_params, start_mask)
+        imp.ticket(level, init_params)
         if level > 0:
             for ctrl in meta["controls"]:
                 imp.control(level, ctrl)
@@ -383,10 +454,11 @@ class _Imp:
     the summary. Completed levels are only read back when a later level needs them, so
     resuming a long run costs one level's files, not all of them."""
 
-    def __init__(self, out: Path, config: ImpConfig, meta: dict, data: DataSplits, *,
-                 levels: int, device, progress: bool,
+    def __init__(self, out: Path, config: ImpConfig, meta: dict, data: DataSplits,
+                 start_mask: P.Mask, *, levels: int, device, progress: bool,
                  on_level: Callable[[dict], None] | None):
         self.out, self.config, self.meta, self.data, self.levels = out, config, meta, data, levels
+        self.start_mask = start_mask
         self.device, self.progress, self.on_level = device, progress, on_level
         self.done = {None: set(completed_levels(out))}
         self.done.update({c: set(completed_levels(out / "controls" / c))
@@ -396,23 +468,22 @@ class _Imp:
         self.computed: list[str] = []
         self.cache: dict[str, Any] = {}
 
-    def ticket(self, level: int, init_params: dict, start_mask: P.Mask) -> None:
+    def ticket(self, level: int, init_params: dict) -> None:
         """Ticket level ``level``: level 0 trains from ``start_mask * theta_0`` and keeps the
-        rewind point; later levels prune the previous level and rewind."""
+        rewind point; later levels prune (the previous level, or at init) and rewind."""
         if level in self.done[None]:
             self._record(level, None, resumed=True)
             return
         if level == 0:
+            start_mask = self.start_mask
             start = P.apply_mask(init_params, start_mask)
             final, rewind = self._train(0, None, start, start_mask, 0, self.config.seed,
                                         keep_rewind=True)
             self.cache["rewind"] = rewind if self.config.rewind_iter > 0 else start
             level_mask = start_mask
         else:
-            prev_final, prev_mask = self._ticket_state(level - 1)
-            level_mask = P.prune(self.config.strategy, prev_final, prev_mask,
-                                 self.config.fraction,
-                                 layer_fractions=self.config.layer_fractions or None)
+            level_mask = self._level_mask(level, seed=_derive_seed(self.config.seed,
+                                                                   self.config.strategy, level))
             start = P.apply_mask(self._rewind_state(), level_mask)
             final, _ = self._train(level, None, start, level_mask, self.config.rewind_iter,
                                    self.config.seed, keep_rewind=False)
@@ -429,12 +500,48 @@ class _Imp:
         if ctrl == "random_reinit":
             cmask = level_mask
             cstart = P.apply_mask(self.config.build_model(cseed).state_dict(), cmask)
-        else:  # random_prune
-            cmask = P.random(level_mask, seed=cseed, per_layer=True)
+        else:
+            if ctrl == "random_prune":
+                cmask = P.random(level_mask, seed=cseed, per_layer=True)
+            elif ctrl == "inverted":
+                cmask = self._level_mask(level, seed=cseed, invert=True)
+            else:  # a score at init, to the ticket's survivor count
+                cmask = self._init_mask(ctrl, P.sparsity(level_mask).remaining, seed=cseed)
             cstart = P.apply_mask(self._rewind_state(), cmask)
         self._train(level, ctrl, cstart, cmask, self.config.rewind_iter, cseed,
                     keep_rewind=False)
         self._record(level, ctrl, resumed=False)
+
+    def _level_mask(self, level: int, *, seed: int, invert: bool = False) -> P.Mask:
+        """The mask of ticket level ``level >= 1`` by the run's strategy (``invert``: by its
+        negated scores): magnitude pruning of level ``level - 1``, or a score at init."""
+        c = self.config
+        if c.strategy in P.STRATEGIES:
+            prev_final, prev_mask = self._ticket_state(level - 1)
+            return P.prune(c.strategy, prev_final, prev_mask, c.fraction,
+                           layer_fractions=c.layer_fractions or None,
+                           sparsity=c.sparsities[level - 1] if c.sparsities else None,
+                           invert=invert)
+        total = sum(m.numel() for m in self.start_mask.values())
+        keep = P.remaining_after(level, total, fraction=c.fraction, sparsities=c.sparsities)
+        return self._init_mask(c.strategy, keep, seed=seed, invert=invert)
+
+    def _init_mask(self, name: str, keep: int, *, seed: int, invert: bool = False) -> P.Mask:
+        """Score ``name`` at the rewind weights, one shot from the starting mask, ``keep``
+        survivors (all of them if the starting mask has fewer)."""
+        alive = P.sparsity(self.start_mask).remaining
+        batch = None
+        if S.score(name).needs_data:
+            n = self.config.score_examples
+            train = self.data.train
+            if hasattr(train, "tensors"):
+                batch = (train.tensors[0][:n], train.tensors[1][:n])
+            else:
+                batch = tuple(torch.utils.data.default_collate([train[i] for i in range(n)]))
+        return S.prune_at_init(name, self.config.build_model(), self._rewind_state(),
+                               self.start_mask, min(keep, alive), batch,
+                               input_shape=self.config.input_shape, invert=invert, seed=seed,
+                               device=self.device)
 
     def _ticket_state(self, level: int) -> tuple[dict, dict]:
         """(final params, mask) of ticket level ``level``, from memory or disk."""
@@ -498,7 +605,8 @@ class _Imp:
         metrics = load_json(level_dir(self.out, level, ctrl) / LAST_FILE)
         row = {k: metrics[k] for k in ("density", "sparsity", "test_acc", "test_loss",
                                        "train_acc", "train_loss", "wall_time")}
-        row = {"level": level, **row}
+        row = {"level": level, **row, "layer_density": {
+            n: v["density"] for n, v in metrics.get("per_layer", {}).items()}}
         self.rows[ctrl][level] = row
         (self.resumed if resumed else self.computed).append(f"{ctrl or 'ticket'}:{level}")
         self.write_summary()
@@ -514,6 +622,7 @@ class _Imp:
         save_json(self.out / "summary.json",
                   {"model": c.model, "dataset": c.dataset, "seed": c.seed,
                    "rewind_iter": c.rewind_iter, "strategy": c.strategy,
+                   "sparsities": list(c.sparsities), "prune": c.prune,
                    "levels": self._rows(None),
                    "controls": {k: self._rows(k) for k in self.meta["controls"]}})
 

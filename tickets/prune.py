@@ -4,13 +4,18 @@ A mask is a ``dict[str, BoolTensor]`` keyed by ``state_dict`` names, one entry p
 tensor (``True`` = the weight survives). Tensors absent from a mask are never pruned.
 
 * :func:`prunable` -- the weights of every Linear/Conv layer (Frankle & Carbin 2019 prune
-  neither biases nor normalisation layers), minus ``ignore``.
+  neither biases nor normalisation layers), minus ``ignore``; ``kind="weights+biases"`` adds
+  those layers' biases, ``kind="all"`` every parameter (norm scales and shifts too).
 * :func:`magnitude_global` -- OpenLTH's ``sparse_global`` (Frankle et al. 2019): remove the
   ``ceil(fraction * R)`` surviving weights of smallest ``|w|`` across all masked tensors
   together, ``R`` = surviving count. Exactly that many, ties broken by position.
 * :func:`magnitude_layerwise` -- Frankle & Carbin (2019): each tensor ``l`` loses
   ``ceil(f_l * R_l)`` of its own ``R_l`` survivors; ``f_l`` defaults to ``fraction`` and may be
   overridden per tensor (they prune the output layer of LeNet at half the rate).
+* :func:`remaining_after` -- survivor count of a schedule: a fixed fraction per level, or
+  target sparsities ``s_1 < s_2 < ...`` of the prunable weights (:func:`check_sparsities`).
+* :func:`drop_lowest` -- the one global ranking: remove the ``k`` alive entries of lowest
+  score across tensors (magnitude here, :mod:`tickets.scores` for pruning at init).
 * :func:`random` -- random masks as controls: the same per-tensor survivor counts as a given
   mask (OpenLTH's ``randomly_prune`` branch), or the same total count spread uniformly.
 * :func:`sparsity` overall and per tensor; :func:`apply_mask` zeroes pruned weights.
@@ -33,12 +38,16 @@ from tickets.errors import ConfigError, ModelError, TicketsError
 
 __all__ = ["Mask", "Sparsity", "prunable", "full_mask", "magnitude_global",
            "magnitude_layerwise", "random", "random_mask", "prune", "sparsity", "apply_mask",
-           "check_mask", "prune_count", "weight_name", "resolve_layer_fractions", "STRATEGIES"]
+           "check_mask", "prune_count", "weight_name", "resolve_layer_fractions", "STRATEGIES",
+           "KINDS", "drop_lowest", "remaining_after", "check_sparsities"]
 
 Mask = dict[str, torch.Tensor]
 
 #: Names of the magnitude pruning strategies accepted by :func:`prune`.
 STRATEGIES = ("global", "layerwise")
+
+#: What :func:`prunable` selects: Linear/Conv weights, plus their biases, or every parameter.
+KINDS = ("weights", "weights+biases", "all")
 
 _PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -49,12 +58,18 @@ def weight_name(name: str) -> str:
     return name if name.endswith(".weight") else f"{name}.weight"
 
 
-def prunable(model: nn.Module, *, ignore: Iterable[str] = ()) -> list[str]:
-    """State-dict names of the weights IMP may prune: every Linear/Conv ``weight``, in module
-    order, except those in ``ignore`` (layer names like ``"fc3"`` or ``"fc3.weight"``).
+def prunable(model: nn.Module, *, ignore: Iterable[str] = (), kind: str = "weights"
+             ) -> list[str]:
+    """State-dict names of the tensors IMP may prune, in module order: every Linear/Conv
+    ``weight`` (``kind="weights"``), plus those layers' ``bias`` (``"weights+biases"``), or
+    every parameter, normalisation scales and shifts included (``"all"``); minus the tensors of
+    the layers in ``ignore`` (layer names like ``"fc3"`` or ``"fc3.weight"``).
 
-    Raises :class:`ConfigError` if an ignored name is not a prunable weight of ``model``.
+    Raises :class:`ConfigError` for an unknown ``kind`` or an ignored name that is not a
+    prunable weight of ``model``.
     """
+    if kind not in KINDS:
+        raise ConfigError(f"what to prune must be one of {', '.join(KINDS)}, got {kind!r}")
     names = [f"{mod_name}.weight" if mod_name else "weight"
              for mod_name, mod in model.named_modules()
              if isinstance(mod, _PRUNABLE_TYPES) and getattr(mod, "weight", None) is not None]
@@ -63,7 +78,18 @@ def prunable(model: nn.Module, *, ignore: Iterable[str] = ()) -> list[str]:
     if unknown:
         raise ConfigError(f"cannot ignore {unknown[0]!r}: not a prunable weight of the model "
                           f"(prunable: {', '.join(names)})")
-    return [n for n in names if n not in ignored]
+    if kind == "weights":
+        return [n for n in names if n not in ignored]
+    layers = {n[:-len("weight")] for n in names}  # "fc1." (or "" for a bare layer)
+    skip = {n[:-len("weight")] for n in ignored}
+    out = []
+    for n, p in model.named_parameters():
+        prefix, leaf = n[:len(n) - len(n.rsplit(".", 1)[-1])], n.rsplit(".", 1)[-1]
+        if prefix in skip or not p.is_floating_point():
+            continue
+        if kind == "all" or (prefix in layers and leaf in ("weight", "bias")):
+            out.append(n)
+    return out
 
 
 def full_mask(params: Mapping[str, torch.Tensor], names: Iterable[str]) -> Mask:
@@ -110,6 +136,46 @@ def prune_count(fraction: float, remaining: int) -> int:
     return min(int(remaining), math.ceil(Fraction(repr(float(fraction))) * int(remaining)))
 
 
+def check_sparsities(sparsities: Iterable[float], what: str = "sparsity schedule"
+                     ) -> tuple[float, ...]:
+    """``sparsities`` as a tuple of floats, each in (0, 1) and strictly increasing (the
+    fraction of prunable weights removed after level 1, 2, ...). Raises :class:`ConfigError`."""
+    out = tuple(float(s) for s in sparsities)
+    if not out:
+        raise ConfigError(f"{what} is empty")
+    for i, s in enumerate(out):
+        if not 0.0 < s < 1.0:
+            raise ConfigError(f"{what}: sparsity {s} of level {i + 1} must be in (0, 1) "
+                              f"(1 leaves nothing)")
+        if i and s <= out[i - 1]:
+            raise ConfigError(f"{what} must be increasing: level {i + 1} has {s} after "
+                              f"{out[i - 1]}")
+    return out
+
+
+def remaining_after(level: int, total: int, *, fraction: float | None = None,
+                    sparsities: Iterable[float] = ()) -> int:
+    """Survivors of ``total`` weights after ``level`` pruning levels of a schedule.
+
+    With ``sparsities`` (``s_1 < s_2 < ...``, cumulative): ``total - ceil(s_L * total)``, the
+    product taken in exact decimal arithmetic (:func:`prune_count`), so level ``L`` keeps
+    exactly ``floor((1 - s_L) * total)`` weights. Otherwise each level removes
+    ``ceil(fraction * R)`` of the ``R`` survivors, as :func:`magnitude_global` does.
+    """
+    sparsities = tuple(sparsities)
+    if level <= 0:
+        return int(total)
+    if sparsities:
+        if level > len(sparsities):
+            raise ConfigError(f"level {level} is beyond the sparsity schedule "
+                              f"({len(sparsities)} levels)")
+        return int(total) - prune_count(sparsities[level - 1], int(total))
+    remaining = int(total)
+    for _ in range(level):
+        remaining -= prune_count(fraction, remaining)
+    return remaining
+
+
 def _check_fraction(fraction: float, what: str = "fraction") -> None:
     if not 0.0 < float(fraction) < 1.0:
         raise ConfigError(f"{what} must be in (0, 1), got {fraction}")
@@ -127,6 +193,25 @@ def _drop_smallest(scores: torch.Tensor, alive: torch.Tensor, k: int) -> torch.T
     return new
 
 
+def drop_lowest(scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor],
+                k: int) -> Mask:
+    """A new mask, nested in ``mask``, without the ``k`` alive entries of lowest score ranked
+    across all tensors of ``mask`` together (ties to the lower position in name order, so the
+    count is exact and the result independent of dict order)."""
+    names = sorted(mask)
+    if not names:
+        return {}
+    flat = torch.cat([scores[n].detach().to("cpu", torch.float64).flatten() for n in names])
+    alive = torch.cat([mask[n].to("cpu").flatten() for n in names])
+    new = _drop_smallest(flat, alive, int(k))
+    out, start = {}, 0
+    for n in names:
+        size = mask[n].numel()
+        out[n] = new[start:start + size].view(mask[n].shape).clone()
+        start += size
+    return {n: out[n] for n in mask}
+
+
 def magnitude_global(params: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor],
                      fraction: float = 0.2) -> Mask:
     """Prune ``ceil(fraction * R)`` of the ``R`` surviving weights, smallest ``|w|`` first,
@@ -134,20 +219,9 @@ def magnitude_global(params: Mapping[str, torch.Tensor], mask: Mapping[str, torc
     2019). Returns a new mask nested in ``mask``."""
     _check_fraction(fraction)
     mask = check_mask(params, mask)
-    # Rank in name order so the result never depends on the dict order of the inputs.
-    names = sorted(mask)
-    if not names:
-        return {}
-    scores = torch.cat([params[n].detach().abs().to("cpu", torch.float64).flatten()
-                        for n in names])
-    alive = torch.cat([mask[n].to("cpu").flatten() for n in names])
-    new = _drop_smallest(scores, alive, prune_count(fraction, int(alive.sum())))
-    out, start = {}, 0
-    for n in names:
-        size = mask[n].numel()
-        out[n] = new[start:start + size].view(mask[n].shape).clone()
-        start += size
-    return {n: out[n] for n in mask}
+    remaining = sum(int(m.sum()) for m in mask.values())
+    return drop_lowest({n: params[n].abs() for n in mask}, mask,
+                       prune_count(fraction, remaining))
 
 
 def magnitude_layerwise(params: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor],
@@ -186,16 +260,43 @@ def resolve_layer_fractions(names: Iterable[str], fraction: float,
 
 
 def prune(strategy: str, params: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor],
-          fraction: float = 0.2, *, layer_fractions: Mapping[str, float] | None = None) -> Mask:
-    """One IMP pruning step with ``strategy`` ``"global"`` or ``"layerwise"``."""
-    if strategy == "global":
-        if layer_fractions:
-            raise ConfigError("per-layer fractions apply only to the layerwise strategy")
-        return magnitude_global(params, mask, fraction)
-    if strategy == "layerwise":
-        return magnitude_layerwise(params, mask, fraction, layer_fractions=layer_fractions)
-    raise ConfigError(f"pruning strategy must be one of {', '.join(STRATEGIES)}, got "
-                      f"{strategy!r}")
+          fraction: float = 0.2, *, layer_fractions: Mapping[str, float] | None = None,
+          sparsity: float | None = None, invert: bool = False) -> Mask:
+    """One IMP pruning step with ``strategy`` ``"global"`` (all tensors of ``mask`` ranked
+    together) or ``"layerwise"`` (each tensor by itself), smallest ``|w|`` first.
+
+    Each group of ``R`` survivors out of ``N`` entries loses ``ceil(f * R)`` (``fraction``, or
+    the group's ``layer_fractions`` rate) or, given a target ``sparsity`` of a schedule, is cut
+    to :func:`remaining_after` ``= N - ceil(sparsity * N)`` survivors (none removed if it already
+    has fewer). ``invert=True`` removes the *largest* magnitudes instead (the score inversion
+    ablation of Frankle et al. 2021). Returns a new mask nested in ``mask``.
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"pruning strategy must be one of {', '.join(STRATEGIES)}, got "
+                          f"{strategy!r}")
+    if layer_fractions and (strategy == "global" or sparsity is not None):
+        raise ConfigError("per-layer fractions apply only to the layerwise strategy with a "
+                          "fixed fraction per level")
+    if sparsity is None:
+        _check_fraction(fraction)
+    else:
+        check_sparsities([sparsity])
+    mask = check_mask(params, mask)
+    rates = resolve_layer_fractions(mask, fraction, layer_fractions)
+    sign = -1.0 if invert else 1.0
+    scores = {n: sign * params[n].detach().abs() for n in mask}
+    groups = [list(mask)] if strategy == "global" else [[n] for n in mask]
+    out: Mask = {}
+    for group in groups:
+        sub = {n: mask[n] for n in group}
+        alive = sum(int(m.sum()) for m in sub.values())
+        if sparsity is None:
+            k = prune_count(rates[group[0]], alive)
+        else:
+            total = sum(m.numel() for m in sub.values())
+            k = alive - remaining_after(1, total, sparsities=(sparsity,))
+        out.update(drop_lowest(scores, sub, max(k, 0)))
+    return {n: out[n] for n in mask}
 
 
 def random(mask: Mapping[str, torch.Tensor], *, seed: int, per_layer: bool = True) -> Mask:
