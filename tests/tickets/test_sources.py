@@ -14,7 +14,7 @@ from tickets.sources import (ModelSource, model_meta, parse_model_kwargs, parse_
                              resolve_model)
 from tickets.store import model_from_meta
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/, where the shared model files live
 
 
 def same_params(a, b):
