@@ -35,6 +35,7 @@ from analyses.common import (NotApplicable, UsageError, add_device_argument, add
                              add_quiet_argument, emit_json, ensure_output_path, progress_enabled,
                              resolve_device)
 from analyses.study import arch_label, common_levels, group_labels, open_runs, primary_runs
+from tickets.errors import DataError
 
 HELP = "build the HTML report (figures + results.json) from existing IMP run directories"
 
@@ -301,6 +302,11 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, device=
                 outcome.add(a, result, a.plot(result, out_dir / "figures"), out_dir)
         except NotApplicable as e:
             skipped.append({"analysis": a.name, "runs": [], "reason": _first_line(e)})
+        except DataError as e:
+            if all(r.meta.get("dataset") is not None for r in scope):
+                raise
+            skipped.append({"analysis": a.name, "runs": [],
+                            "reason": f"needs the training data: {_first_line(e)}"})
         outcome.seconds[a.name] = time.perf_counter() - t0
         log(f"{a.name}: {outcome.seconds[a.name]:.1f}s ({time.process_time() - c0:.1f}s CPU)")
     report = {"runs": [_run_entry(r, labels[r.path]) for r in runs], "primary_group": group,
@@ -384,17 +390,30 @@ def expand_sweeps(paths: Sequence[str | Path]) -> list[str | Path]:
     return out
 
 
-def run(args) -> int:
+def expand_openlth(paths: Sequence[str | Path], into: Path) -> list[str | Path]:
+    """Each OpenLTH run tree replaced by its replicates, written as toolkit run directories
+    under ``into`` (:func:`tickets.openlth.write_openlth_run`; the tree is only read); other
+    paths kept."""
     from analyses.study import is_openlth_tree
-    for path in args.runs:
-        if is_openlth_tree(path):
-            raise UsageError(f"{path}: an OpenLTH run; the report reads IMP run directories "
-                             f"(gauge imp --out); compare OpenLTH replicates with gauge overlap "
-                             f"{path} --level L, move their tickets with gauge transfer")
+    from tickets.openlth import open_openlth, write_openlth_run
+    out: list[str | Path] = []
+    for p in paths:
+        if not is_openlth_tree(p):
+            out.append(p)
+            continue
+        tree = open_openlth(p)
+        for rep in tree.replicates():
+            name = f"{Path(p).resolve().name}-replicate_{rep}"
+            out.append(write_openlth_run(tree, rep, into / name))
+    return out
+
+
+def run(args) -> int:
+    runs = expand_openlth(expand_sweeps(args.runs), Path(args.out) / "openlth")
     device = resolve_device(args.device)
     t0 = time.perf_counter()
     log = log_for(args)
-    result = build_report(expand_sweeps(args.runs), args.out, device=device, only=args.only, skip=args.skip,
+    result = build_report(runs, args.out, device=device, only=args.only, skip=args.skip,
                           quick=args.quick, progress=progress_enabled(args), log=log)
     if log is not None:
         print_summary(result.summary)

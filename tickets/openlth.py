@@ -33,7 +33,7 @@ from tickets.errors import CheckpointError
 
 __all__ = ["OpenLTHModel", "OpenLTHLevel", "OpenLTHTree", "openlth_model", "infer_openlth_name",
            "is_openlth_file", "is_openlth_level", "open_openlth", "openlth_name_near",
-           "to_zoo_names"]
+           "to_zoo_names", "read_openlth_logger", "write_openlth_run"]
 
 MODEL_FILE = re.compile(r"model_ep(\d+)_it(\d+)\.pth$")
 _LEVEL = re.compile(r"level_(\d+)$")
@@ -237,3 +237,84 @@ def open_openlth(path: str | os.PathLike) -> OpenLTHTree:
                               "replicate_R/level_L/main/model_ep*_it*.pth)")
     levels = tuple(sorted(levels, key=lambda lv: (lv.replicate, lv.level)))
     return OpenLTHTree(root=root, model_name=openlth_name_near(levels[0].path), levels=levels)
+
+
+_HPARAM = re.compile(r"\*\s*(\w+)\s*=>\s*(\S+)")
+
+
+def _hparams(replicate_dir: Path) -> dict[str, str]:
+    """``name => value`` pairs of the replicate's ``hparams.log`` files (level 0 first)."""
+    out: dict[str, str] = {}
+    for log in sorted(replicate_dir.glob("level_*/main/hparams.log"), reverse=True):
+        out.update(dict(_HPARAM.findall(log.read_text(errors="replace"))))
+    return out
+
+
+def read_openlth_logger(level_dir: str | os.PathLike) -> dict[str, float]:
+    """The last value of each series in the level's OpenLTH ``logger`` file (lines
+    ``name,iteration,value``, e.g. ``test_accuracy,1000,0.97``); ``{}`` if it has none."""
+    log = Path(level_dir) / "logger"
+    last: dict[str, tuple[int, float]] = {}
+    if log.is_file():
+        for line in log.read_text(errors="replace").splitlines():
+            parts = line.strip().split(",")
+            try:
+                name, it, value = parts[0], int(parts[1]), float(parts[2])
+            except (IndexError, ValueError):
+                continue
+            if name not in last or it >= last[name][0]:
+                last[name] = (it, value)
+    return {k: v for k, (_, v) in last.items()}
+
+
+def write_openlth_run(tree: OpenLTHTree, replicate: int, out: str | os.PathLike) -> Path:
+    """Write replicate ``replicate`` of ``tree`` as a toolkit IMP run directory at ``out``
+    (layout of :mod:`tickets.runs`: zoo names (:func:`tickets.masks.load_mask` renames a
+    ``mask.pth`` itself), safetensors, ``metrics.json`` from OpenLTH's
+    ``logger``), so every reader of toolkit runs reads it. The tree itself is only read.
+
+    ``run.json`` records what the tree knows: the zoo model, the seed (the replicate number),
+    ``dataset`` ``None`` (the tree names its dataset, ``openlth_dataset``, but not its files:
+    analyses that need data do not apply), the optimizer and learning rate of ``hparams.log``."""
+    from tickets.masks import load_mask
+    from tickets.runs import FORMAT, FORMAT_VERSION, level_dir
+    from tickets.store import save_checkpoint, save_json
+    levels = [lv for lv in tree.levels if lv.replicate == replicate]
+    if not levels:
+        raise CheckpointError(f"{tree.root}: no replicate {replicate}")
+    first = torch.load(levels[0].final, map_location="cpu", weights_only=True)
+    model = openlth_model(tree.model_name or infer_openlth_name(first))
+    hp = _hparams(levels[0].path.parent.parent)
+    optimizer = hp.get("optimizer_name", "sgd")
+    train_config = {"optimizer": optimizer if optimizer in ("sgd", "adam") else "sgd",
+                    "lr": float(hp.get("lr", 0.1)),
+                    "momentum": float(hp.get("momentum", 0.0)),
+                    "batch_size": int(hp.get("batch_size", 128))}
+    dataset = hp.get("dataset_name")
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **model.meta(),
+            "seed": int(replicate), "dataset": None,
+            "openlth_dataset": dataset, "openlth_run": str(tree.root),
+            "train_config": train_config, "rewind_iter": 0,
+            "prunable": list(load_mask(levels[0].mask)) if levels[0].mask is not None else []}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for lv in levels:
+        d = level_dir(out, lv.level)
+        d.mkdir(parents=True, exist_ok=True)
+        init = to_zoo_names(model, torch.load(lv.init, map_location="cpu", weights_only=True))
+        final = to_zoo_names(model, torch.load(lv.final, map_location="cpu", weights_only=True))
+        mask = ({k: torch.ones_like(final[k], dtype=torch.bool) for k in meta["prunable"]}
+                if lv.mask is None else load_mask(lv.mask))
+        kept = sum(int(m.sum()) for m in mask.values())
+        total = sum(m.numel() for m in mask.values()) or 1
+        logged = read_openlth_logger(lv.path)
+        save_checkpoint(d / "init.safetensors", init, meta)
+        save_checkpoint(d / "final.safetensors", final, meta)
+        save_checkpoint(d / "mask.safetensors", mask, meta)
+        save_json(d / "metrics.json", {
+            "level": lv.level, "density": kept / total, "sparsity": 1 - kept / total,
+            "test_acc": logged.get("test_accuracy"), "test_loss": logged.get("test_loss"),
+            "train_acc": logged.get("train_accuracy"), "train_loss": logged.get("train_loss"),
+            "curve": [], "source": str(lv.path)})
+    save_json(out / "run.json", meta)
+    return out

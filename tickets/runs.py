@@ -219,7 +219,10 @@ def load_run_data(run: RunInfo | str | Path, root=None) -> DataSplits:
     """The dataset a run was trained on (``root``: folder of the dataset files, default the
     one recorded in run.json)."""
     from tickets.data import load_dataset
+    from tickets.errors import DataError
     run = _as_run(run)
+    if run.meta.get("dataset") is None:
+        raise DataError(f"{run.path}: records no dataset (a run converted from OpenLTH)")
     return load_dataset(run.meta["dataset"], root=root if root is not None else
                         run.meta.get("root"), seed=run.meta.get("dataset_seed", 0))
 

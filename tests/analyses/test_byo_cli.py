@@ -135,7 +135,27 @@ def _openlth_tree(root, seeds=(1, 2)):
         mask = {k: (torch.rand(v.shape, generator=gen) > 0.5).int()
                 for k, v in net.state_dict().items() if k.endswith("weight")}
         write_level(root, rep, 1, net, mask=mask)
+        for level, acc in ((0, 0.9), (1, 0.8 + 0.01 * rep)):
+            (root / f"replicate_{rep}" / f"level_{level}" / "main" / "logger").write_text(
+                f"test_accuracy,0,0.1\ntest_loss,0,2.3\ntest_accuracy,100,{acc}\n")
     return root
+
+
+def test_report_reads_an_openlth_tree(tmp_path):
+    """The report on an OpenLTH run: its replicates are the seeds; the accuracies come from
+    OpenLTH's logger; analyses that need the training data skip with a reason."""
+    root = _openlth_tree(tmp_path / "lottery")
+    out = tmp_path / "report"
+    proc = run_cli("report", root, "--out", out, "--quick", "--only", "sparsity", "flatness",
+                   "--quiet", "--json", "-")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert (out / "report.html").is_file() and "sparsity" in res["analyses"]
+    curve = res["analyses"]["sparsity"]["curves"]["ticket"]
+    assert [r["level"] for r in curve] == [0, 1]
+    assert curve[1]["test_acc"] == pytest.approx([0.81, 0.82])
+    assert any(s["analysis"] == "flatness" for s in res["skipped"])
+    assert (root / "replicate_1" / "level_1" / "main" / "mask.pth").is_file()
 
 
 def test_openlth_tree_overlap_and_transfer_into_user_run(tmp_path):
@@ -144,9 +164,6 @@ def test_openlth_tree_overlap_and_transfer_into_user_run(tmp_path):
     root = _openlth_tree(tmp_path / "lottery")
     o = _json(run_cli("overlap", root, "--level", "1", "--align", "weight", "--json", "-"))
     assert len(o["runs"]) == 2 and o["table"][0]["jaccard_aligned"] is not None
-    assert_user_error(run_cli("report", root, "--out", tmp_path / "report"), "OpenLTH",
-                      "gauge overlap")
-    assert not (tmp_path / "report").exists()
     data = _data(tmp_path / "x784.npz", shape=(1, 28, 28), n=48)
     run_b = tmp_path / "run_b"
     proc = run_cli("imp", "--model", "mlp", "--model-kwargs", '{"widths": [8, 4]}', "--data",
