@@ -105,7 +105,7 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     for p in (args.a, args.b):
-        if Path(p).is_dir():
+        if Path(p).is_dir() and not (Path(p) / "config.json").is_file():
             raise UsageError(f"{p} is a directory; give a checkpoint file such as "
                              f"{Path(p) / 'level_00' / 'final.safetensors'}")
     plot_path = check_outputs(args, [args.a, args.b])
