@@ -70,6 +70,10 @@ def _curve(runs, control: str | None) -> list[dict]:
     for level in common_levels(runs, control):
         metrics = [level_metrics(run, level, control) for run in runs]
         accs = [m["test_acc"] for m in metrics]
+        missing = [str(run.path) for run, a in zip(runs, accs) if a is None]
+        if missing:
+            raise NotApplicable(f"{missing[0]} records no test accuracy at level {level} (an "
+                                "OpenLTH run without its logger file)")
         rem = [m["density"] for m in metrics]
         mean, std = _mean_std(accs)
         rows.append({"level": level, "weights_remaining": sum(rem) / len(rem),
