@@ -92,7 +92,7 @@ def test_report_reproduces_the_demo_numbers_cached_and_uncached(demo, tmp_path):
 
 @pytest.mark.slow
 def test_demo_report_renders_in_chromium(demo, tmp_path):
-    from tests.test_report_html import check_report_renders
+    from tests.analyses.test_report_html import check_report_renders
     out, _ = demo
     results = json.loads((out / "results.json").read_text())
     n_png = sum(f.endswith(".png") for figs in results["figures"].values() for f in figs)
