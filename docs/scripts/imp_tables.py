@@ -120,23 +120,31 @@ def table_regimes(runs: Path) -> str:
                                "std over seeds.")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=Path, default=Path("runs/imp_study"))
+def run_study(doc: str, default_runs: str, studies, command) -> tuple[Path, Path]:
+    """The shared driver of the study scripts: parse ``--runs/--jobs/--tables-only``, run every
+    ``command(study, seed, runs)`` that is missing (``gauge imp`` resumes), print the commands
+    with the seed left as ``S``. Returns ``(runs as given, runs resolved)``."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--runs", type=Path, default=Path(default_runs))
     ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (one thread each)")
     ap.add_argument("--tables-only", action="store_true", help="do not run anything")
     args = ap.parse_args()
     runs = args.runs.resolve()
-    cmds = [command(s, seed, runs) for seed in SEEDS for s in STUDIES]
+    cmds = [command(s, seed, runs) for seed in SEEDS for s in studies]
     if not args.tables_only:
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             for cmd, rc, err in pool.map(run_one, cmds):
                 print(f"[rc={rc}] {shlex.join(cmd)}" + (f"\n  {err}" if rc else ""),
                       file=sys.stderr, flush=True)
     print("Commands (seeds 0, 1, 2):\n")
-    for s in STUDIES:
+    for s in studies:
         print("    " + shlex.join(command(s, 0, args.runs)).replace("--seed 0", "--seed S")
               .replace("_s0", "_sS"))
+    return args.runs, runs
+
+
+def main() -> int:
+    _, runs = run_study(__doc__, "runs/imp_study", STUDIES, command)
     print("\n### Tickets vs controls (Adam)\n")
     print(table_controls(runs))
     print("\n### Optimizer regimes and late rewinding\n")

@@ -15,13 +15,10 @@ results are bit-reproducible.
 
 from __future__ import annotations
 
-import argparse
-import shlex
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from imp_tables import ms, run_one  # the same runner and mean ± std as the IMP tables
+from imp_tables import ms, run_study  # the same driver and mean ± std as the IMP tables
 
 SEEDS = (0, 1, 2)
 SPARSITIES = (0.5, 0.8, 0.9, 0.96)
@@ -86,22 +83,7 @@ def per_layer(runs: Path, study: str, level: int) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=Path, default=Path("runs/pai_study"))
-    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (one thread each)")
-    ap.add_argument("--tables-only", action="store_true", help="do not run anything")
-    args = ap.parse_args()
-    runs = args.runs.resolve()
-    cmds = [command(s, seed, runs) for seed in SEEDS for s in STUDIES]
-    if not args.tables_only:
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            for cmd, rc, err in pool.map(run_one, cmds):
-                print(f"[rc={rc}] {shlex.join(cmd)}" + (f"\n  {err}" if rc else ""),
-                      file=sys.stderr, flush=True)
-    print("Commands (seeds 0, 1, 2):\n")
-    for s in STUDIES:
-        print("    " + shlex.join(command(s, 0, args.runs)).replace("--seed 0", "--seed S")
-              .replace("_s0", "_sS"))
+    _, runs = run_study(__doc__, "runs/pai_study", STUDIES, command)
     print("\n### Test accuracy against sparsity\n")
     print(table_methods(runs))
     print("\n### Ablations (Frankle et al. 2021)\n")
