@@ -106,7 +106,7 @@ def summary(result: SpecAnalysis) -> str:
     return "\n".join([
         f"{result.model}: {result.params:,} parameters, input {tuple(result.input_shape)}; "
         f"spec inferred in {result.infer_time:.2f} s",
-        s.describe(), s.describe_fixed()])
+        s.describe()])
 
 
 def _layout(graph):

@@ -48,13 +48,27 @@ class _Labels:
         self.bad: list[bool] = []
         self.factors: dict[int, list[int]] = {}
         self.segments: dict[int, list[int]] = {}
+        # root -> (order, why): why a fixed class is fixed; a union keeps the earliest reason
+        self.why: dict[int, tuple[int, str]] = {}
+        self.noted = 0
 
-    def new(self, size: int, fixed: bool = False) -> int:
+    def new(self, size: int, fixed: bool = False, why: str = "") -> int:
         self.parent.append(len(self.parent))
         self.size.append(int(size))
         self.fixed.append(bool(fixed) or int(size) == 1)
         self.bad.append(False)
+        if fixed and why:
+            self._note(len(self.parent) - 1, why)
         return len(self.parent) - 1
+
+    def _note(self, r: int, why: str) -> None:
+        if why and r not in self.why:
+            self.why[r] = (self.noted, why)
+            self.noted += 1
+
+    def reason(self, x: int) -> str:
+        """Why ``x``'s class is held fixed (``""`` if no op said)."""
+        return self.why.get(self.find(x), (0, ""))[1]
 
     def find(self, x: int) -> int:
         root = x
@@ -67,23 +81,28 @@ class _Labels:
     def parts(self, r: int) -> list[int]:
         return self.factors.get(r, []) + self.segments.get(r, [])
 
-    def _spread(self, flags: list[bool], x: int) -> None:
-        """Set ``flags`` on ``x``'s class and, recursively, on its factors and segments."""
+    def _spread(self, flags: list[bool], x: int, why: str | None = None) -> None:
+        """Set ``flags`` on ``x``'s class and, recursively, on its factors and segments (noting
+        ``why`` on each class that has no reason yet)."""
         r = self.find(x)
         flags[r] = True
+        if why is not None:
+            self._note(r, why)
         for f in self.parts(r):
             if not flags[self.find(f)]:
-                self._spread(flags, f)
+                self._spread(flags, f, why)
 
-    def fix(self, x: int) -> None:
-        self._spread(self.fixed, x)
+    def fix(self, x: int, why: str = "") -> None:
+        """Hold ``x``'s class (and its parts) fixed; ``why`` says which op requires it."""
+        self._note(self.find(x), why)
+        self._spread(self.fixed, x, self.reason(x))
 
     def mark_bad(self, x: int) -> None:
         self._spread(self.bad, x)
 
     def _settle(self, r: int) -> None:
         if r in self.factors and r in self.segments:  # viewed as a product and as a sum
-            self.fix(r)
+            self.fix(r, "split both by a reshape and into concatenated pieces")
         if self.fixed[r]:
             self.fix(r)
         if self.bad[r]:
@@ -107,9 +126,11 @@ class _Labels:
                 for a, b in zip(fx, fy):
                     self.union(a, b)
             else:  # two incompatible views of one axis: keep it whole and unpermuted
+                why = "split two incompatible ways (by reshapes or concatenations)"
                 for a in fx + fy:
-                    self.fix(a)
+                    self.fix(a, why)
                 self.fixed[rx] = True
+                self._note(rx, why)
         elif fx is not None or fy is not None:
             table[rx] = fx if fx is not None else fy
 
@@ -120,6 +141,9 @@ class _Labels:
         if self.size[rx] != self.size[ry]:
             raise _Unsupported(f"axes of sizes {self.size[rx]} and {self.size[ry]} are tied")
         self.parent[ry] = rx
+        wy = self.why.pop(ry, None)
+        if wy is not None and (rx not in self.why or wy < self.why[rx]):
+            self.why[rx] = wy
         self.fixed[rx] = self.fixed[rx] or self.fixed[ry]
         self.bad[rx] = self.bad[rx] or self.bad[ry]
         self._merge_parts(self.factors, rx, ry)
@@ -214,6 +238,7 @@ class _Tracer(TorchFunctionMode):
         self.param_ok: dict[str, bool] = {}
         self.module_stack: list[str] = []
         self.consumed: list[int] = []  # labels summed over invariantly (reductions, contractions)
+        self.op = ""  # the op being handled, named in reasons
         self.suppress = 0
         self.hooks = []
         sd = model.state_dict(keep_vars=True)
@@ -237,13 +262,18 @@ class _Tracer(TorchFunctionMode):
         self.labels[id(t)] = list(labels)
         self.keep.append(t)
 
-    def get(self, t: torch.Tensor) -> list[int]:
+    def get(self, t: torch.Tensor, why: str = "") -> list[int]:
         if id(t) not in self.labels:  # a constant or an input: never permuted
-            self.set(t, [self.L.new(s, fixed=True) for s in t.shape])
+            why = why or f"a constant tensor met {self.at()}"
+            self.set(t, [self.L.new(s, fixed=True, why=why) for s in t.shape])
         return self.labels[id(t)]
 
     def where(self) -> str:
         return self.module_stack[-1] if self.module_stack else "<top level>"
+
+    def at(self, name: str | None = None) -> str:
+        """``"op 'name' in module m (Kind)"``: where a reason arose (default: the current op)."""
+        return f"op {name or self.op!r} in module {self.where()}"
 
     def not_ok(self, t) -> None:
         for n in self.param_names.get(id(t), ()):
@@ -256,9 +286,10 @@ class _Tracer(TorchFunctionMode):
                     self.L.mark_bad(lab)
                 self.not_ok(t)
 
-    def fixed_like(self, out) -> None:
+    def fixed_like(self, out, why: str = "") -> None:
+        why = why or f"computed from unpermuted values by {self.at()}"
         for t in _tensors(out):
-            self.set(t, [self.L.new(s, fixed=True) for s in t.shape])
+            self.set(t, [self.L.new(s, fixed=True, why=why) for s in t.shape])
 
     # ---- module hooks (MultiheadAttention is handled as one op)
     def _pre_hook(self, mname, mod):
@@ -305,9 +336,11 @@ class _Tracer(TorchFunctionMode):
                 thirds.append(third)
             self.L.set_segments(lw[0], thirds)
         else:  # heads move as blocks in q, k and v alike; dims inside a head stay fixed
-            dv = self.L.new(d, fixed=True)
-            self.L.set_factors(lw[0], [self.L.new(3, fixed=True), heads,
-                                       self.L.new(d, fixed=True)])
+            inside = "dims inside a head stay in place (infer_spec(nested=True) permutes them)"
+            dv = self.L.new(d, fixed=True, why=inside)
+            self.L.set_factors(lw[0], [self.L.new(3, fixed=True, why="the q, k, v thirds of a "
+                                                  "stacked in_proj_weight"),
+                                       heads, self.L.new(d, fixed=True, why=inside)])
         if mod.in_proj_bias is not None:
             self.L.union(self.get(mod.in_proj_bias)[0], lw[0])
         lo = self.get(mod.out_proj.weight)
@@ -320,7 +353,8 @@ class _Tracer(TorchFunctionMode):
         out, weights = output if isinstance(output, tuple) else (output, None)
         self.set(out, self.get(q)[:-1] + [lo[0]])
         if isinstance(weights, torch.Tensor):
-            labs = [self.L.new(s, fixed=True) for s in weights.shape]
+            labs = [self.L.new(s, fixed=True, why=f"attention weights of {self.where()}")
+                    for s in weights.shape]
             if weights.dim() == 4:  # per-head weights (average_attn_weights=False)
                 labs[1] = heads
             self.set(weights, labs)
@@ -336,6 +370,7 @@ class _Tracer(TorchFunctionMode):
         if not outs or name in _QUERIES:
             return out
         inputs = _tensors((args, kwargs))
+        self.op = name
         try:
             self._handle(name, args, kwargs, out, inputs)
         except _Unsupported as e:
@@ -383,7 +418,7 @@ class _Tracer(TorchFunctionMode):
         if name in ("cat", "concat", "concatenate", "stack"):
             return self._cat(name, args, kwargs, out)
         if name in ("chunk", "split", "unbind", "tensor_split"):
-            return self._split(args, kwargs, out)
+            return self._split(name, args, kwargs, out)
         if name == "getitem":
             return self._getitem(args, out)
         if name in ("matmul", "bmm", "mm"):
@@ -391,7 +426,7 @@ class _Tracer(TorchFunctionMode):
         if name == "scaled_dot_product_attention":
             return self._sdpa(args, kwargs, out)
         if name in _CONSTRUCTORS:  # values independent of the input's
-            return self.fixed_like(out)
+            return self.fixed_like(out, f"a new tensor made by {self.at()}")
         if name == "einsum":
             return self._einsum(args, out)
         if name in ("expand", "expand_as", "broadcast_to"):
@@ -403,7 +438,7 @@ class _Tracer(TorchFunctionMode):
         if name == "embedding":
             idx, w = args[0], args[1]
             lw = self.get(w)
-            L.fix(lw[0])
+            L.fix(lw[0], f"rows looked up by token id ({self.at()})")
             self.bad_all(w)
             self.set(out, self.get(idx) + [lw[1]])
             return
@@ -425,7 +460,7 @@ class _Tracer(TorchFunctionMode):
         else:
             groups, ch = int(_arg(args, kwargs, 1, "num_groups")), self.get(x)[1]
             if groups not in (1, x.shape[1]):  # units may move only within their group
-                L.fix(ch)
+                L.fix(ch, f"channels normalised in {groups} groups by {self.at()}")
             for t in inputs[1:]:
                 L.union(self.get(t)[0], ch)
         self.bad_all(*inputs)
@@ -436,9 +471,10 @@ class _Tracer(TorchFunctionMode):
         k = int(next(c for c in name if c.isdigit()))
         lead = self.get(x)[: x.dim() - k]
         for t in outs_of(out):
-            self.set(t, lead + [self.L.new(s, fixed=True) for s in t.shape[len(lead):]])
+            self.set(t, lead + [self.L.new(s, fixed=True, why=f"positions pooled by {self.at()}")
+                                for s in t.shape[len(lead):]])
 
-    def _split(self, args, kwargs, out):
+    def _split(self, name, args, kwargs, out):
         """Pieces along ``dim`` are segments of the input axis (the inverse of cat)."""
         x = args[0]
         dim = int(_arg(args, kwargs, 2, "dim", 0)) % x.dim()
@@ -453,17 +489,19 @@ class _Tracer(TorchFunctionMode):
             else:
                 pieces = [self.L.new(t.shape[dim]) for t in outs]
                 if r in self.L.segments or r in self.L.factors:
-                    self.L.fix(labs[dim])
-                    pieces = [self.L.new(t.shape[dim], True) for t in outs]
+                    why = f"split by {self.at()} into pieces other than its own"
+                    self.L.fix(labs[dim], why)
+                    pieces = [self.L.new(t.shape[dim], True, why) for t in outs]
                 else:
                     self.L.set_segments(labs[dim], pieces)
             for t, p in zip(outs, pieces):
                 self.set(t, labs[:dim] + [p] + labs[dim + 1:])
             return
-        self.L.fix(labs[dim])
+        why = f"taken apart position by position by {self.at()}"
+        self.L.fix(labs[dim], why)
         for t in outs:
             if t.dim() == x.dim():
-                self.set(t, labs[:dim] + [self.L.new(t.shape[dim], True)] + labs[dim + 1:])
+                self.set(t, labs[:dim] + [self.L.new(t.shape[dim], True, why)] + labs[dim + 1:])
             else:
                 self.set(t, labs[:dim] + labs[dim + 1:])
 
@@ -493,11 +531,11 @@ class _Tracer(TorchFunctionMode):
             dims = _dims(_arg(args, kwargs, 2, "dims"), x.dim())
         for d in dims:
             if any(self.L.is_free(a) for a in self.L.atoms(labs[d])):
-                self.L.fix(labs[d])
+                self.L.fix(labs[d], f"positions shifted by {self.at()}")
                 raise _Unsupported(f"op {name!r} on axis {d} (size {x.shape[d]}), which would be "
                                    f"permuted, ties the units to their positions")
             if name == "pad":
-                labs[d] = self.L.new(out.shape[d], fixed=True)
+                labs[d] = self.L.new(out.shape[d], fixed=True, why=f"padded by {self.at()}")
         self.not_ok(x)
         self.bad_all(x)
         self.set(out, labs)
@@ -518,8 +556,9 @@ class _Tracer(TorchFunctionMode):
                     if L.size[L.find(letters[ch])] == L.size[L.find(lab)]:
                         L.union(letters[ch], lab)
                     else:  # a broadcast letter of size 1 on one side
-                        L.fix(lab)
-                        L.fix(letters[ch])
+                        why = f"broadcast against size 1 by {self.at()}"
+                        L.fix(lab, why)
+                        L.fix(letters[ch], why)
                 else:
                     letters[ch] = lab
             self.not_ok(t)
@@ -569,7 +608,8 @@ class _Tracer(TorchFunctionMode):
                 self.not_ok(t)
         for o in range(nd):
             if out_labs[o] is None:
-                out_labs[o] = L.new(out.shape[o], fixed=True)
+                out_labs[o] = L.new(out.shape[o], fixed=True,
+                                    why=f"a broadcast axis of {self.at()}")
         if not (homog or homog_scalar):
             for lab in out_labs:
                 L.mark_bad(lab)
@@ -607,9 +647,10 @@ class _Tracer(TorchFunctionMode):
                 for d, lab in zip(seg_out, res):
                     out[d] = lab
         except IndexError:  # numel 0: nothing to keep track of
+            why = f"an empty tensor reshaped by {self.at()}"
             for lab in labs:
-                L.fix(lab)
-            return [L.new(t, fixed=True) for t in out_shape]
+                L.fix(lab, why)
+            return [L.new(t, fixed=True, why=why) for t in out_shape]
         return out
 
     def _reshape_segment(self, labs, sizes) -> list[int]:
@@ -645,9 +686,10 @@ class _Tracer(TorchFunctionMode):
             if pos != len(seq):
                 raise _Unsupported("reshape")
         except _Unsupported:
+            why = f"reshaped across unit boundaries by {self.at()}"
             for a in atoms:  # a reshape that cuts across units: keep those axes unpermuted
-                L.fix(a)
-            return [L.new(t, fixed=True) for t in sizes]
+                L.fix(a, why)
+            return [L.new(t, fixed=True, why=why) for t in sizes]
         return out
 
     def _transpose(self, name, args, kwargs, out):
@@ -695,7 +737,7 @@ class _Tracer(TorchFunctionMode):
         c = 1 if batched else 0
         lx, lw = self.get(x), self.get(w)
         for lab in lw[2:]:  # kernel taps have an order
-            L.fix(lab)
+            L.fix(lab, "kernel taps (a conv kernel's spatial order)")
         if groups == 1:
             L.union(lx[c], lw[1])
         else:
@@ -704,18 +746,22 @@ class _Tracer(TorchFunctionMode):
             # their block; input channels stay in place within their block (the weight would
             # need a different input permutation per output block)
             blocks = L.new(groups)
-            inner_in = L.new(x.shape[c] // groups, fixed=True)
+            inner_in = L.new(x.shape[c] // groups, fixed=True,
+                             why=f"input channels within a conv group ({self.at()}, "
+                                 f"groups={groups})")
             inner_out = L.new(w.shape[0] // groups)
             for lab, parts in ((lx[c], [blocks, inner_in]), (lw[0], [blocks, inner_out])):
                 view = L.new(L.size[L.find(lab)])
                 L.set_factors(view, parts)
                 L.union(lab, view)
-            L.fix(lw[1])
+            L.fix(lw[1], L.reason(inner_in))
             self.bad_all(x, w)
         if b is not None:
             L.union(self.get(b)[0], lw[0])
         lead = lx[:c]
-        self.set(out, lead + [lw[0]] + [L.new(s, fixed=True) for s in out.shape[c + 1:]])
+        self.set(out, lead + [lw[0]] + [L.new(s, fixed=True,
+                                              why=f"spatial positions of the output of {self.at()}")
+                                        for s in out.shape[c + 1:]])
 
     def _reduce(self, name, args, kwargs, out):
         L = self.L
@@ -741,7 +787,8 @@ class _Tracer(TorchFunctionMode):
             else:
                 res.append(labs[d])
         for t in outs_of(out):
-            self.set(t, res if t.dim() == len(res) else [L.new(s, True) for s in t.shape])
+            self.set(t, res if t.dim() == len(res) else
+                     [L.new(s, True, f"computed by {self.at()}") for s in t.shape])
 
     def _cat(self, name, args, kwargs, out):
         L = self.L
@@ -762,7 +809,8 @@ class _Tracer(TorchFunctionMode):
             for t in ts[1:]:
                 for a, b in zip(base, self.get(t)):
                     L.union(a, b)
-            self.set(out, base[:dim] + [L.new(len(ts), True)] + base[dim:])
+            self.set(out, base[:dim] + [L.new(len(ts), True, f"stacked by {self.at()}")]
+                     + base[dim:])
             return
         dim %= nd
         base = list(self.get(ts[0]))
@@ -789,14 +837,17 @@ class _Tracer(TorchFunctionMode):
             j = tensor_at[0]  # one gather along axis j: the other axes pass through
             ind = idx[j] if isinstance(idx[j], torch.Tensor) else torch.tensor(idx[j])
             if not ind.dtype == torch.bool and out.dim() == x.dim() - 1 + ind.dim():
-                L.fix(labs[j])
+                why = f"gathered by an index tensor ({self.at()})"
+                L.fix(labs[j], why)
                 self.not_ok(x)
-                self.set(out, labs[:j] + [L.new(s, True) for s in ind.shape] + labs[j + 1:])
+                self.set(out, labs[:j] + [L.new(s, True, why) for s in ind.shape]
+                         + labs[j + 1:])
                 return
         if any(isinstance(i, torch.Tensor) or isinstance(i, (list,)) for i in idx):
+            why = f"advanced indexing ({self.at()})"
             for lab in labs:
-                L.fix(lab)
-            self.fixed_like(out)
+                L.fix(lab, why)
+            self.fixed_like(out, why)
             return
         n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
         expanded = []
@@ -814,16 +865,17 @@ class _Tracer(TorchFunctionMode):
             if isinstance(i, slice) and i == slice(None):
                 res.append(labs[d])
             else:
-                L.fix(labs[d])
+                L.fix(labs[d], _index_reason(i, x.shape[d], self.at()))
                 if isinstance(i, slice):
                     res.append(None)
             d += 1
         if not isinstance(out, torch.Tensor) or len(res) != out.dim():
+            why = f"indexed by {self.at()}"
             for lab in labs:
-                L.fix(lab)
-            self.fixed_like(out)
+                L.fix(lab, why)
+            self.fixed_like(out, why)
             return
-        self.set(out, [r if r is not None else L.new(out.shape[j], True)
+        self.set(out, [r if r is not None else L.new(out.shape[j], True, f"sliced by {self.at()}")
                        for j, r in enumerate(res)])
 
     def _matmul(self, args, out):
@@ -844,7 +896,7 @@ class _Tracer(TorchFunctionMode):
                 k = t.dim() - 2 - j
                 if k >= 0 and t.shape[k] == out.shape[o]:
                     cand.append(lt[k])
-            lab = cand[0] if cand else L.new(out.shape[o], True)
+            lab = cand[0] if cand else L.new(out.shape[o], True, f"broadcast by {self.at()}")
             for c in cand[1:]:
                 L.union(lab, c)
             batch.append(lab)
@@ -870,13 +922,27 @@ class _Tracer(TorchFunctionMode):
         mask = _arg(args, kwargs, 3, "attn_mask")
         if isinstance(mask, torch.Tensor):
             for lab in self.get(mask):
-                L.fix(lab)
+                L.fix(lab, f"attention mask of {self.at()}")
         self.bad_all(q, k, v)
         self.set(out, lq[:-1] + [lv[-1]])
 
 
 def outs_of(out) -> list[torch.Tensor]:
     return _tensors(out)
+
+
+def _index_reason(i, n: int, where: str) -> str:
+    """Why an axis of size ``n`` indexed by ``i`` (an int or a slice) keeps its order."""
+    if not isinstance(i, slice):
+        return f"indexed at position {i} by {where}"
+    a, b, c = i.start, i.stop, i.step
+    text = f"[{'' if a is None else a}:{'' if b is None else b}{'' if c is None else f':{c}'}]"
+    half = n % 2 == 0 and c in (None, 1) and {a or 0, n if b is None else b} in (
+        {0, n // 2}, {n // 2, n}, {-(n // 2), n})
+    if half:  # rotate_half: RoPE rotates dim i together with dim i + n/2 (Su et al. 2021)
+        return (f"split in halves by slicing {text} ({where}): a rotary embedding pairs dims "
+                f"i and i+{n // 2}")
+    return f"sliced {text} by {where}"
 
 
 def _as_tuple(example_input) -> tuple:
@@ -905,7 +971,7 @@ def _trace(model: nn.Module, example_input, nested: bool = False
     try:
         with torch.no_grad(), tracer:
             for t in _tensors(inputs):
-                tracer.get(t)
+                tracer.get(t, "network input")
             out = work(*inputs)
     except TraceError:
         raise
@@ -944,7 +1010,7 @@ class _Resolver:
             x = L.find(atoms[i + 1])
             if self.nest.setdefault(x, r) == r:
                 return ("n", r, x), i + 1
-            L.fix(x)
+            L.fix(x, "the same dims sit inside blocks of two different groups")
             self.changed = True
         return ("g", r), i
 
@@ -958,7 +1024,7 @@ class _Resolver:
         desc, last = self._unit(atoms, live[0])
         covered = math.prod(L.size[L.find(a)] for a in atoms[live[0]:last + 1])
         if desc[0] == "c" or covered != size:  # a piece with its own layout: keep it fixed
-            L.fix(lab)
+            L.fix(lab, "a concatenated piece with a layout of its own")
             self.changed = True
             return ("f", size)
         return desc
@@ -973,10 +1039,14 @@ class _Resolver:
         desc, last = self._unit(atoms, live[0])
         for i in live:
             if i > last:
-                L.fix(atoms[i])
+                L.fix(atoms[i], "units inside a block (e.g. dims inside a head) stay in place; "
+                      "infer_spec(nested=True) permutes them" if not self.nested else
+                      "units inside nested blocks stay in place (one level of nesting)")
                 self.changed = True
         if desc[0] == "c" and all(p[0] == "f" for p in desc[1]):
-            L.fix(atoms[live[0]])
+            L.fix(atoms[live[0]], "; ".join(dict.fromkeys(
+                w for w in (L.reason(p) for p in L.segments[L.find(atoms[live[0]])]) if w))
+                or "every piece of the concatenation is fixed")
             self.changed = True
             return None
         r = math.prod(L.size[L.find(a)] for a in atoms[:live[0]])
@@ -1019,12 +1089,13 @@ class _Resolver:
                     visit(d[0], k.rpartition(".")[0])
         for x in list(modules):
             if x in alone and x in self.nest:
-                L.fix(x)
+                L.fix(x, "the same dims are used both inside blocks and as a whole axis")
                 self.changed = True
         consumed = {L.find(a) for lab in self.t.consumed for a in L.atoms(lab)}
         for root, mods in modules.items():
             if len(mods) < 2 and root not in consumed and root not in outers:
-                L.fix(root)
+                L.fix(root, f"indexed by module {next(iter(mods)) or '<root>'} alone: no other "
+                      f"layer moves with it")
                 self.changed = True
 
 
@@ -1081,6 +1152,35 @@ def _spec_entries(tracer: "_Tracer", descs):
                 members.setdefault(g, []).append((k, ax))
         axes[k] = tuple(row)
     return axes, layouts, sizes, blocks, members, names
+
+
+def _reasons(tracer: "_Tracer") -> dict[Axis, str]:
+    """``(param, axis) -> why`` for every param axis of size > 1 with a fixed part: the whole
+    axis when nothing on it moves, else its fixed factors (a layout's repeat or block) and
+    pieces. Distinct reasons of the parts are joined by ``"; "``."""
+    L = tracer.L
+
+    def fixed_parts(lab, depth=0) -> list[int]:
+        out = []
+        for a in L.atoms(lab):
+            r = L.find(a)
+            if L.fixed[r]:
+                out.append(r)
+            elif r in L.segments and depth < 64:
+                out += [p for s in L.segments[r] for p in fixed_parts(s, depth + 1)]
+        return out
+
+    out: dict[Axis, str] = {}
+    for k, labs in tracer.param_labels.items():
+        for ax, lab in enumerate(labs):
+            r = L.find(lab)
+            if L.size[r] <= 1:
+                continue
+            parts = [r] if L.fixed[r] and L.reason(r) else fixed_parts(lab)
+            why = "; ".join(dict.fromkeys(w for w in map(L.reason, parts) if w))
+            if why:
+                out[(k, ax)] = why
+    return out
 
 
 def _relative_change(ref: list[torch.Tensor], out: list[torch.Tensor]) -> float:
@@ -1170,7 +1270,7 @@ def infer_spec(model: nn.Module, example_input, *, nested: bool = False, check: 
     L = tracer.L
     for t in outputs:
         for lab in tracer.get(t):
-            L.fix(lab)
+            L.fix(lab, "network output")
     descs = _Resolver(tracer, nested).resolve()
     axes, layouts, sizes, blocks, members, names = _spec_entries(tracer, descs)
     roots = {g: r for r, g in names.items()}
@@ -1185,7 +1285,8 @@ def infer_spec(model: nn.Module, example_input, *, nested: bool = False, check: 
     rescalable = [g for g in rescalable if not any(o == g for o, _ in blocks.values())]
     sd_shapes = {k: tuple(v.shape) for k, v in work.state_dict().items()}
     spec = PermutationSpec.from_axes(axes, sd_shapes, sizes=sizes, layouts=layouts,
-                                     rescalable=rescalable, blocks=blocks)
+                                     rescalable=rescalable, blocks=blocks,
+                                     reasons=_reasons(tracer))
     if check:
         _verify(spec, work, _as_tuple(example_input), seed, tol)
     return spec

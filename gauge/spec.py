@@ -210,6 +210,10 @@ class PermutationSpec:
         rescalable: groups on which positive per-unit rescaling is a symmetry; for those, axis 0
             of a member scales by ``s`` (the producing layer) and any other axis by ``1/s``.
         blocks: ``group -> (outer | None, block size)`` for nested groups (module docstring).
+        reasons: ``(param_name, axis) -> why`` an axis of size > 1 is held fixed, or, for an
+            axis a group permutes, why its other part (a layout's repeat or block, a fixed
+            piece) stays in place; recorded by :func:`gauge.infer.infer_spec`, optional for a
+            spec written by hand. Reasons explain the spec; they do not change what it permutes.
     """
 
     axes: dict[str, tuple[str | None, ...]]
@@ -219,6 +223,7 @@ class PermutationSpec:
     layouts: dict[Axis, tuple[int, int]] = field(default_factory=dict)
     rescalable: frozenset = frozenset()
     blocks: dict[str, tuple[str | None, int]] = field(default_factory=dict)
+    reasons: dict[Axis, str] = field(default_factory=dict)
 
     @property
     def groups(self) -> list[str]:
@@ -235,7 +240,8 @@ class PermutationSpec:
                   sizes: Mapping[str, int] | None = None,
                   layouts: Mapping[Axis, tuple[int, int]] | None = None,
                   rescalable: Iterable[str] = (),
-                  blocks: Mapping[str, tuple[str | None, int]] | None = None
+                  blocks: Mapping[str, tuple[str | None, int]] | None = None,
+                  reasons: Mapping[Axis, str] | None = None
                   ) -> "PermutationSpec":
         """Build a spec from ``param_name -> (entry, ...)`` written by hand, one entry per axis:
         a group, ``None``, or a tuple of pieces (groups and fixed sizes) for a concatenated axis.
@@ -244,7 +250,8 @@ class PermutationSpec:
         without it pass ``sizes``. An axis larger than its group (its pieces) with no explicit
         ``layouts`` entry is read as the flatten layout ``(1, size // n)``. ``blocks`` makes
         groups nested (see the module docstring); an outer group's size follows from it.
-        Raises :class:`SpecError` for inconsistent sizes or unknown groups.
+        ``reasons`` maps ``(param_name, axis)`` to why that axis (or its unpermuted part) is
+        held fixed. Raises :class:`SpecError` for inconsistent sizes or unknown groups.
         """
         axes = {str(k): tuple(_norm_entry(g) for g in v) for k, v in axes.items()}
         layouts = dict(layouts or {})
@@ -281,11 +288,16 @@ class PermutationSpec:
                 raise SpecError(f"rescalable group {g!r} must be a plain group (no blocks, no "
                                 f"concatenated member axis)")
         layouts = {a: tuple(v) for a, v in layouts.items() if tuple(v) != (1, 1)}
+        reasons = {(str(k), int(ax)): str(why) for (k, ax), why in (reasons or {}).items()}
+        bad = [(k, ax) for k, ax in reasons if k not in axes or not 0 <= ax < len(axes[k])]
+        if bad:
+            raise SpecError(f"reasons name axis {bad[0][1]} of {bad[0][0]!r}, which the spec "
+                            f"does not have")
         # outer groups come before the groups nested in them (random_permutation draws them first)
         order = sorted(out_sizes, key=lambda g: _depth(g, blocks))
         return cls(axes=axes, perm_to_axes={g: perm_to_axes[g] for g in order},
                    sizes={g: out_sizes[g] for g in order}, shapes=shapes,
-                   layouts=layouts, rescalable=rescalable, blocks=blocks)
+                   layouts=layouts, rescalable=rescalable, blocks=blocks, reasons=reasons)
 
     def entry_pieces(self, name: str, axis: int) -> list[tuple[str | None, int, int]]:
         """``[(group | None, offset, n), ...]``: the pieces of ``name``'s ``axis`` in units
@@ -322,7 +334,8 @@ class PermutationSpec:
                                 f"{len(self.axes[k])}")
 
     def describe(self) -> str:
-        """A readable table: group, size, rescalable, members (``param[axis]``, layouts noted)."""
+        """A readable table: group, size, rescalable, members (``param[axis]``, layouts noted),
+        then what is held fixed and why (:meth:`describe_fixed`)."""
         rows = []
         for g in self.groups:
             members = []
@@ -340,6 +353,7 @@ class PermutationSpec:
         fixed = [k for k, v in self.axes.items() if all(g is None for g in v)]
         lines.append(f"{len(self.groups)} groups; {len(fixed)} of {len(self.axes)} tensors are "
                      f"never permuted")
+        lines.append(self.describe_fixed())
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -353,6 +367,8 @@ class PermutationSpec:
                   for k, v in self.axes.items()}
         if any(concat.values()):
             out["concatenated"] = {k: v for k, v in concat.items() if v}
+        if self.reasons:
+            out["reasons"] = [[k, ax, why] for (k, ax), why in self.reasons.items()]
         return out
 
     def permuted_fraction(self, params: Mapping[str, Any] | None = None,

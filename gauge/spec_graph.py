@@ -10,7 +10,8 @@ a :class:`networkx.Graph` with
 * one node per axis of every parameter and buffer (``kind="axis"``: ``param``, ``axis``,
   ``size``, ``shape``, ``module``, ``group`` (``""`` if none; ``"a+b+3"`` for an axis
   concatenating the units of ``a``, of ``b`` and 3 fixed ones), ``repeat``/``block`` of its layout,
-  ``permuted``, ``depth``),
+  ``permuted``, ``depth``, ``reason``: why the axis, or its part outside its groups, is held
+  fixed, ``""`` if the spec does not say),
 * an edge group--axis for every member (``kind="member"``, the layout and ``role``: ``"out"``
   for axis 0, the producing side, ``"in"`` otherwise) and an edge from axis 0 of a tensor to
   each of its other axes (``kind="tensor"``), so a path group -> weight -> group follows the
@@ -24,7 +25,7 @@ A hidden unit is a node of the graph of the network; permuting units is an autom
 preserves the function (Hecht-Nielsen 1990). Axes with no group are held fixed: the network's
 input and output axes, kernel taps, and any axis an op ties to a fixed order. Where the spec
 carries the reasons its tracer recorded (``spec.reasons``: ``(param, axis) -> why``), they are
-reported with the axis.
+reported with the axis; axes that share a reason are reported together.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import networkx as nx
 
 from gauge.spec import Axis, PermutationSpec, permuted_fraction, piece_groups
 
-__all__ = ["spec_graph", "fixed_axes", "describe_fixed", "group_node",
+__all__ = ["spec_graph", "fixed_axes", "held_inside", "describe_fixed", "group_node",
            "axis_node"]
 
 
@@ -76,7 +77,8 @@ def spec_graph(spec: PermutationSpec) -> nx.Graph:
                        size=int(shape[ax]) if ax < len(shape) else 0,
                        shape="x".join(map(str, shape)), module=_module(k),
                        group=_entry_label(entry), repeat=r, block=b,
-                       permuted=bool(piece_groups(entry)), depth=depth[_module(k)])
+                       permuted=bool(piece_groups(entry)), depth=depth[_module(k)],
+                       reason=spec.reasons.get((k, ax), ""))
             if ax > 0:
                 g.add_edge(axis_node(k, 0), axis_node(k, ax), kind="tensor")
     blocks = spec.blocks
@@ -101,7 +103,7 @@ def spec_graph(spec: PermutationSpec) -> nx.Graph:
 def fixed_axes(spec: PermutationSpec) -> list[tuple[Axis, int, str]]:
     """``((param, axis), size, reason)`` of every axis of size > 1 that no group permutes, in
     ``state_dict`` order. ``reason`` is the tracer's (``spec.reasons``) or ``""``."""
-    reasons = getattr(spec, "reasons", None) or {}
+    reasons = spec.reasons
     out = []
     for k, groups in spec.axes.items():
         shape = spec.shapes.get(k, ())
@@ -112,22 +114,66 @@ def fixed_axes(spec: PermutationSpec) -> list[tuple[Axis, int, str]]:
     return out
 
 
+def held_inside(spec: PermutationSpec) -> list[tuple[Axis, str]]:
+    """``((param, axis), reason)`` of every permuted axis whose other part (a layout's repeat
+    or block, a fixed piece of a concatenation) the spec says why it stays in place."""
+    return [((k, ax), why) for (k, ax), why in spec.reasons.items()
+            if piece_groups(spec.axes[k][ax])]
+
+
+def _by_reason(items: list[tuple[str, str, str]], modules: int = 4) -> list[str]:
+    """Lines for ``(reason, param, label)`` items: each reason once, then its axes one line
+    per module (at most ``modules`` lines; the rest counted)."""
+    groups: dict[str, dict[str, list[str]]] = {}
+    for why, k, label in items:
+        name = k[len(_module(k)) + 1:] if k != _module(k) else k
+        groups.setdefault(why, {}).setdefault(_module(k), []).append(f"{name}{label}")
+    lines = []
+    for why, mods in groups.items():
+        lines.append(f"  {why}")
+        lines += [f"    {m}: {', '.join(v)}" for m, v in list(mods.items())[:modules]]
+        if len(mods) > modules:
+            rest = list(mods.values())[modules:]
+            lines.append(f"    ... and {len(rest)} more modules "
+                         f"({sum(map(len, rest))} axes)")
+    return lines
+
+
 def describe_fixed(spec: PermutationSpec) -> str:
-    """What the spec holds fixed: per module, the unpermuted axes (size and, where recorded,
-    why), then the fraction of parameter elements in tensors with a permuted axis."""
+    """What the spec holds fixed and why: the unpermuted axes (size) under each recorded reason
+    (axes without one per module), the permuted axes with a part held in place, then the
+    fraction of parameter elements in tensors with a permuted axis."""
     by_module: dict[str, list[str]] = {}
     taps = set()
+    known = []
     for (k, ax), size, why in fixed_axes(spec):
-        if ax >= 2 and k.endswith("weight") and len(spec.shapes.get(k, ())) >= 3 and not why:
+        if why:
+            known.append((why, k, f"[{ax}] ({size})"))
+            continue
+        if ax >= 2 and k.endswith("weight") and len(spec.shapes.get(k, ())) >= 3:
             taps.add(k)  # the spatial axes of a conv kernel have an order
             continue
         name = k[len(_module(k)) + 1:] if k != _module(k) else k
-        by_module.setdefault(_module(k), []).append(
-            f"{name}[{ax}] ({size}{': ' + why if why else ''})")
+        by_module.setdefault(_module(k), []).append(f"{name}[{ax}] ({size})")
     lines = ["held fixed (axes of size > 1 that no group permutes):"]
-    lines += [f"  {m}: {', '.join(items)}" for m, items in by_module.items()] or ["  none"]
+    lines += _by_reason(known)
+    lines += [f"  {m}: {', '.join(items)}" for m, items in by_module.items()]
+    if len(lines) == 1:
+        lines.append("  none")
     if taps:
         lines.append(f"  (and the kernel taps, axes 2+, of {len(taps)} conv weights)")
+    inside = []
+    for (k, ax), why in held_inside(spec):
+        r, b = spec.layout(k, ax)
+        label = "" if (r, b) == (1, 1) else f"blocks of {b}" if r == 1 else f"{r} x blocks of {b}"
+        entry = spec.axes[k][ax]
+        if isinstance(entry, tuple):
+            label = ", ".join(filter(None, ["+".join(map(str, entry)), label]))
+        inside.append((why, k, f"[{ax}] ({label})" if label else f"[{ax}]"))
+    if inside:
+        lines.append("held in place inside permuted axes (a layout's repeat or block, a fixed "
+                     "piece):")
+        lines += _by_reason(inside)
     lines.append(f"{100 * permuted_fraction(spec):.1f}% of parameter elements are in tensors "
                  "with a permuted axis")
     return "\n".join(lines)
