@@ -17,13 +17,16 @@ def test_spec_prints_writes_graph_plot_and_json(tmp_path):
                    '{"widths": [12, 8]}', "--graph", graph, "--plot", fig, "--json", out)
     assert proc.returncode == 0, proc.stderr
     assert "group" in proc.stdout and "held fixed" in proc.stdout
-    assert "fc3: weight[0] (10), bias[0] (10)" in proc.stdout
+    assert "  network output\n    fc3: weight[0] (10), bias[0] (10)" in proc.stdout
+    assert "  network input\n    fc1: weight[1] (40)" in proc.stdout
     g = nx.read_graphml(graph)
     assert {d["size"] for _, d in g.nodes(data=True) if d["kind"] == "group"} == {12, 8}
     assert fig.read_bytes()[:4] == b"\x89PNG"
     d = json.loads(out.read_text())
     assert 0.98 < d["permuted_fraction"] < 1 and set(d["groups"]) == {"fc1", "fc2"}
-    assert {"param": "fc1.weight", "axis": 1, "size": 40, "reason": ""} in d["fixed"]
+    assert {"param": "fc1.weight", "axis": 1, "size": 40, "reason": "network input"} in d["fixed"]
+    assert {d["reason"] for _, d in g.nodes(data=True) if d["kind"] == "axis"} == \
+        {"", "network input", "network output"}
 
 
 @pytest.mark.parametrize("args,needle", [
