@@ -4,7 +4,8 @@ Hidden units can be relabelled without changing the function when every tensor a
 unit moves with it (Hecht-Nielsen 1990). The spec lists those tied axes as groups (Ainsworth et
 al. 2022 "Git Re-Basin"); it is inferred by tracing the model once on an example input. This
 command prints the groups (size, whether ReLU rescaling also acts, members), the axes held
-fixed, and the share of parameters that a permutation moves; it can draw the spec as a graph
+fixed with the op and module that fix them, and the share of parameters that a permutation
+moves; it can draw the spec as a graph
 (groups and the layers they connect, from input to output) and write it as GraphML for other
 tools.
 
