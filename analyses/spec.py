@@ -5,9 +5,8 @@ unit moves with it (Hecht-Nielsen 1990). The spec lists those tied axes as group
 al. 2022 "Git Re-Basin"); it is inferred by tracing the model once on an example input. This
 command prints the groups (size, whether ReLU rescaling also acts, members), the axes held
 fixed with the op and module that fix them, and the share of parameters that a permutation
-moves; it can draw the spec as a graph
-(groups and the layers they connect, from input to output) and write it as GraphML for other
-tools.
+moves; it can draw the spec as a graph (groups and the layers they connect, from input to
+output) and write it as GraphML for other tools.
 
 Examples:
   gauge spec --model resnet20 --data cifar10 --plot spec.png --graph spec.graphml
