@@ -25,7 +25,7 @@ __all__ = ["UsageError", "NotApplicable", "USER_ERRORS", "resolve_device",
            "figure_stem", "progress_enabled", "OneLineParser", "percent",
            "add_model_arguments", "parse_input_shape", "CliModel", "load_model_and_params",
            "check_data_fits", "ensure_checkpoint_output", "example_batch", "check_not_input",
-           "load_data", "load_checkpoint_for_cli", "finish"]
+           "load_data", "load_checkpoint_for_cli", "finish", "example_input"]
 
 
 class UsageError(Exception):
@@ -242,21 +242,25 @@ class CliModel:
         return str(self.meta.get("model", "the model"))
 
     def example_input(self, n: int = 2, seed: int | None = None):
-        """``n`` inputs: zeros (enough for ``infer_spec`` to trace the model), or with ``seed``
-        random ones (probes of the function). A Hugging Face model gets token ids (length 8
-        unless ``--input-shape`` says otherwise)."""
-        import torch
-        gen = None if seed is None else torch.Generator().manual_seed(seed)
-        if self.name.startswith("hf:"):
-            shape = self.input_shape or (8,)
-            high = int(getattr(getattr(self.model, "config", None), "vocab_size", 2) or 2)
-            return (torch.zeros((n, *shape), dtype=torch.long) if gen is None
-                    else torch.randint(0, high, (n, *shape), generator=gen))
-        if self.input_shape is None:
-            raise UsageError(f"the input shape of {self.name} is unknown; give --input-shape "
-                             "(e.g. 40 or 1,28,28) or --data")
-        return (torch.zeros(n, *self.input_shape) if gen is None
-                else torch.randn((n, *self.input_shape), generator=gen))
+        """``n`` inputs of the model (:func:`example_input`)."""
+        return example_input(self.name, self.model, self.input_shape, n, seed)
+
+
+def example_input(source: str, model, input_shape, n: int = 2, seed: int | None = None):
+    """``n`` inputs for the model built from ``source``: zeros (enough for ``infer_spec`` to
+    trace the model), or with ``seed`` random ones (probes of the function). A Hugging Face
+    model gets token ids (length 8 unless ``input_shape`` says otherwise)."""
+    gen = None if seed is None else torch.Generator().manual_seed(seed)
+    if source.startswith("hf:"):
+        shape = tuple(input_shape or (8,))
+        high = int(getattr(getattr(model, "config", None), "vocab_size", 2) or 2)
+        return (torch.zeros((n, *shape), dtype=torch.long) if gen is None
+                else torch.randint(0, high, (n, *shape), generator=gen))
+    if input_shape is None:
+        raise UsageError(f"the input shape of {source} is unknown; give --input-shape "
+                         "(e.g. 40 or 1,28,28) or --data")
+    return (torch.zeros(n, *input_shape) if gen is None
+            else torch.randn((n, *input_shape), generator=gen))
 
 
 def _same_source(a: str | None, b: str | None) -> bool:
@@ -378,43 +382,35 @@ def example_batch(dataset, n: int = 2):
     return default_collate([dataset[i] for i in range(min(n, len(dataset)))])
 
 
-def _logits(out):
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    if isinstance(out, dict) or hasattr(out, "logits"):
-        return out.get("logits") if isinstance(out, dict) else out.logits
-    return out
-
-
 def check_data_fits(model, data, *, data_name: str, model_name: str) -> None:
     """UsageError naming the data and the model unless one forward pass (on the model's device,
-    in eval mode) of the first two training examples runs and gives at least one logit per
-    class of the data."""
-    import torch
-
+    in eval mode) of the first two training examples runs, its targets fit the logits under the
+    default loss, and a classifier gives at least one logit per class of the data."""
+    from gauge.batches import as_data, batch_loss, forward, logits_of
+    from gauge.errors import DataError
     from tickets.factories import one_line
+    name = f"--data {data_name}"
     was_training = model.training
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    batch = next(iter(as_data(data.train, name=name).batches(2, limit=2))).to(device)
     try:
-        batch = example_batch(data.train)
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
         model.eval()
         with torch.no_grad():
-            if isinstance(batch, dict):
-                out = model(**{k: v.to(device) for k, v in batch.items()})
-            else:
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                out = model(x.to(device))
-    except Exception as e:  # the model's own code rejecting inputs of the wrong shape
-        raise UsageError(f"--data {data_name}: inputs of shape {tuple(data.input_shape)} do not "
-                         f"fit the model {model_name} ({one_line(e, 160)})") from e
+            logits = logits_of(forward(model, batch, name=name))
+    except DataError as e:
+        raise UsageError(f"{name}: inputs of shape {tuple(data.input_shape)} do not fit the "
+                         f"model {model_name} ({one_line(e.__cause__ or e, 160)})") from e
     finally:
         model.train(was_training)
-    logits = _logits(out)
     classes = int(data.num_classes or 0)
-    if isinstance(logits, torch.Tensor) and logits.dim() >= 2 and classes and \
-            not isinstance(batch, dict) and logits.shape[-1] < classes:
-        raise UsageError(f"--data {data_name} has {classes} classes, the model {model_name} "
+    if logits.dim() == 2 and classes and not batch.lm and logits.shape[-1] < classes:
+        raise UsageError(f"{name} has {classes} classes, the model {model_name} "
                          f"gives {logits.shape[-1]} outputs")
+    if batch.target is not None:
+        try:
+            batch_loss(logits, batch, name=name)
+        except DataError as e:
+            raise UsageError(f"{e} (model {model_name})") from e
 
 
 def load_checkpoint_for_cli(path: str | os.PathLike, args=None):

@@ -39,6 +39,7 @@ from analyses.common import (UsageError, add_device_argument, add_json_argument,
                              check_not_input,
                              emit_json, ensure_output_path, percent, progress_enabled,
                              resolve_device)
+from gauge.batches import as_data
 from tickets.runs import cache_file, read_cache, write_cache
 
 HELP = "Hessian spectrum, trace, sharpness and landscapes, raw and gauge-fixed"
@@ -134,12 +135,15 @@ def _validate(args) -> None:
 
 
 def _subset(data, n):
+    """The first ``n`` training examples, as tensors: an ``(x, y)`` pair, or a dict batch
+    (token data) as collated."""
     from torch.utils.data import TensorDataset
     if isinstance(data.train, TensorDataset):
         x, y = data.train.tensors
         return x[:n], y[:n]
     from analyses.common import example_batch
-    return tuple(example_batch(data.train, n))
+    batch = example_batch(data.train, n)
+    return batch if isinstance(batch, dict) else tuple(batch)
 
 
 @contextmanager
@@ -223,7 +227,7 @@ def run(args) -> int:
     name = args.data or data.name
     xy = _subset(data, args.subset)
     out: dict[str, Any] = {"checkpoint": str(args.checkpoint), "dataset": name,
-                           "n_data": int(len(xy[1])), "gauge_fixed": args.gauge_fixed,
+                           "n_data": as_data(xy).n, "gauge_fixed": args.gauge_fixed,
                            "mask": args.mask or ("pruning state of the checkpoint"
                                                  if mask is not None else None),
                            "model": loaded.name, "device": str(device),

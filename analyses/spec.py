@@ -26,14 +26,17 @@ HELP = "show the permutation spec of a model: groups, members, what is held fixe
 
 def add_arguments(parser) -> None:
     from tickets.models import model_names
-    parser.add_argument("--model", required=True, help=f"zoo model: {', '.join(model_names())}")
+    parser.add_argument("--model", required=True, metavar="SOURCE",
+                        help=f"a zoo name ({', '.join(model_names())}), pkg.module:factory, "
+                             "path/to/file.py:factory, torchvision:NAME, timm:NAME or hf:DIR")
     parser.add_argument("--model-kwargs", default=None, metavar="JSON",
                         help='architecture options as JSON, e.g. \'{"width": 2}\'')
-    shape = parser.add_mutually_exclusive_group(required=True)
+    shape = parser.add_mutually_exclusive_group()
     shape.add_argument("--data", default=None,
                        help="dataset whose input shape and classes the model is built for")
     shape.add_argument("--input-shape", type=int, nargs="+", metavar="D",
-                       help="input shape without the batch axis, e.g. 3 32 32")
+                       help="input shape without the batch axis, e.g. 3 32 32 (a hf: model "
+                            "reads token ids, length 8 by default)")
     parser.add_argument("--num-classes", type=int, default=10,
                         help="outputs of the model with --input-shape (default 10)")
     parser.add_argument("--root", default=None, help="folder with the dataset files")
@@ -79,22 +82,25 @@ def build(args):
         from tickets.data import load_dataset
         data = load_dataset(args.data, root=args.root)
         meta = {"num_classes": data.num_classes, "input_shape": list(data.input_shape)}
+    elif args.input_shape is None and not args.model.startswith("hf:"):
+        raise UsageError("give --input-shape or --data: the model is traced on an example input")
     else:
-        if any(d < 1 for d in args.input_shape) or args.num_classes < 1:
+        shape = args.input_shape or [8]
+        if any(d < 1 for d in shape) or args.num_classes < 1:
             raise UsageError("--input-shape and --num-classes must be positive")
-        meta = {"num_classes": args.num_classes, "input_shape": list(args.input_shape)}
+        meta = {"num_classes": args.num_classes, "input_shape": list(shape)}
     meta.update(model=args.model, model_kwargs=kwargs)
     return model_from_meta(meta, "--model"), tuple(meta["input_shape"])
 
 
 def compute(model, input_shape, name: str = "") -> SpecAnalysis:
-    """Infer ``model``'s spec on a zero batch of two inputs of ``input_shape``."""
-    import torch
-
+    """Infer ``model``'s spec on a zero batch of two inputs of ``input_shape`` (token ids
+    for a ``hf:`` model, :func:`analyses.common.example_input`)."""
+    from analyses.common import example_input
     from gauge.infer import infer_spec
     from gauge.spec import permuted_fraction
     t0 = time.perf_counter()
-    spec = infer_spec(model, torch.zeros(2, *input_shape))
+    spec = infer_spec(model, example_input(name, model, input_shape))
     return SpecAnalysis(model=name or type(model).__name__, input_shape=tuple(input_shape),
                         spec=spec, infer_time=time.perf_counter() - t0,
                         params=sum(p.numel() for p in model.parameters()),

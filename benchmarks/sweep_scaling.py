@@ -8,12 +8,16 @@
   reported apart;
 * overhead: wall time of M independent no-op tasks on the 2-worker cluster, divided by M.
 
+The workers get the configuration ``gauge sweep`` gives its local workers
+(``analyses.sweep.local_worker_config``); ``--dask-defaults`` measures Dask's own instead.
+
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/sweep_scaling.py --runs 8 --iters 400
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import tempfile
 import time
@@ -63,15 +67,16 @@ def _warm_up(dask_worker=None) -> None:
 
 
 def sweep(workers: int, runs: int, iters: int, levels: int, out: Path,
-          noop: int = 0) -> dict:
+          noop: int = 0, tuned: bool = True) -> dict:
     from distributed import Client, LocalCluster
 
-    from analyses.sweep import run_sweep
+    from analyses.sweep import local_worker_config, run_sweep
     from analyses.sweep_plan import parse_sweep, plan
     p = plan(parse_sweep(_sweep_doc(runs, iters, levels)), out)
     t0 = time.perf_counter()
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
+    config = local_worker_config() if tuned else contextlib.nullcontext()
+    with config, LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                              dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
             Client(cluster) as client:
         client.run(_warm_up)
         cold = time.perf_counter() - t0
@@ -102,16 +107,20 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=400, help="training iterations per level")
     ap.add_argument("--levels", type=int, default=1)
     ap.add_argument("--noop", type=int, default=500, help="no-op tasks for the overhead")
+    ap.add_argument("--dask-defaults", action="store_true",
+                    help="Dask's default worker configuration instead of gauge sweep's")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t_loop, cpu_loop = loop(args.runs, args.iters, args.levels, tmp / "loop")
         print(f"loop of run_imp, {args.runs} runs x {args.levels + 1} levels: {t_loop:.2f} s "
               f"(CPU {cpu_loop:.2f} s)", flush=True)
-        one = sweep(1, args.runs, args.iters, args.levels, tmp / "w1")
+        tuned = not args.dask_defaults
+        one = sweep(1, args.runs, args.iters, args.levels, tmp / "w1", tuned=tuned)
         print(f"sweep, 1 worker:  {one['wall']:.2f} s ({one['tasks']} tasks; cluster start + "
               f"warm-up {one['start']:.1f} s)", flush=True)
-        two = sweep(2, args.runs, args.iters, args.levels, tmp / "w2", noop=args.noop)
+        two = sweep(2, args.runs, args.iters, args.levels, tmp / "w2", noop=args.noop,
+                    tuned=tuned)
         print(f"sweep, 2 workers: {two['wall']:.2f} s (cluster start + warm-up "
               f"{two['start']:.1f} s)", flush=True)
     print(f"speed-up 2 workers vs loop:     {t_loop / two['wall']:.2f}x")

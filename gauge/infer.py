@@ -168,7 +168,7 @@ class _Labels:
 _ELEMENTWISE_HOMOGENEOUS = {
     "relu", "leaky_relu", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
     "feature_alpha_dropout", "clone", "contiguous", "detach", "float", "double", "half",
-    "bfloat16", "to", "type_as", "abs", "neg", "identity", "cpu", "cuda", "requires_grad",
+    "bfloat16", "to", "type", "type_as", "abs", "neg", "identity", "cpu", "cuda", "requires_grad",
     "pos"}
 _ELEMENTWISE_OTHER = {
     "gelu", "silu", "tanh", "sigmoid", "elu", "selu", "celu", "softplus", "mish", "hardswish",
@@ -177,6 +177,7 @@ _ELEMENTWISE_OTHER = {
     "tanhshrink", "reciprocal", "sign", "glu_"}
 _BINARY = {"add", "radd", "iadd", "sub", "rsub", "isub", "mul", "rmul", "imul", "div", "truediv",
            "rtruediv", "itruediv", "true_divide", "maximum", "minimum"}
+_SELECT = {"where", "masked_fill", "masked_fill_"}
 _CONSTRUCTORS = {"new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "zeros_like",
                  "ones_like", "full_like", "empty_like", "rand_like", "randn_like"}
 _RESHAPES = {"flatten", "view", "reshape", "unflatten", "view_as", "reshape_as", "squeeze",
@@ -388,6 +389,8 @@ class _Tracer(TorchFunctionMode):
         L = self.L
         if name in _ELEMENTWISE_HOMOGENEOUS or name in _ELEMENTWISE_OTHER:
             x = args[0] if args and isinstance(args[0], torch.Tensor) else inputs[0]
+            if name == "type" and not isinstance(out, torch.Tensor):
+                return  # ``x.type()`` names the dtype
             if not isinstance(out, torch.Tensor) or out.shape != x.shape:
                 return self._unknown(name, inputs, out)
             if name in _ELEMENTWISE_OTHER:
@@ -395,7 +398,7 @@ class _Tracer(TorchFunctionMode):
             self.not_ok(x)
             self.set(out, self.get(x))
             return
-        if name in _BINARY:
+        if name in _BINARY or name in _SELECT:
             return self._binary(name, args, out)
         if name in _RESHAPES:
             x = args[0]
@@ -580,9 +583,12 @@ class _Tracer(TorchFunctionMode):
         self.set(out, [l1[0], l2[1]])
 
     def _binary(self, name, args, out):
+        """Elementwise ops of broadcast operands (``where``/``masked_fill`` select between
+        them by a condition that broadcasts the same way)."""
         L = self.L
-        ops = [a for a in args[:2] if isinstance(a, torch.Tensor)]
-        scalar = any(not isinstance(a, torch.Tensor) for a in args[:2])
+        n_ops = 3 if name in _SELECT else 2
+        ops = [a for a in args[:n_ops] if isinstance(a, torch.Tensor)]
+        scalar = any(not isinstance(a, torch.Tensor) for a in args[:n_ops])
         if not isinstance(out, torch.Tensor):
             return self._unknown(name, ops, out)
         nd = out.dim()
@@ -1236,7 +1242,7 @@ def _verify(spec: PermutationSpec, work: nn.Module, inputs: tuple, seed: int,
                      f"traced wrongly: pass a spec by hand with PermutationSpec.from_axes")
 
 
-def infer_spec(model: nn.Module, example_input, *, nested: bool = False, check: bool = True,
+def infer_spec(model: nn.Module, example_input, *, nested: bool = True, check: bool = True,
                seed: int = 0, tol: float = 1e-4) -> PermutationSpec:
     """Infer the permutation spec of ``model`` by running it once on ``example_input``.
 
@@ -1249,13 +1255,15 @@ def infer_spec(model: nn.Module, example_input, *, nested: bool = False, check: 
     dot-product attention (grouped-query too), embedding and
     :class:`torch.nn.MultiheadAttention`. The network's input and output axes are never permuted.
 
-    Heads, grouped convolutions: by default heads (and conv groups) move as whole blocks and
-    the dims inside a head stay in place, so every group is plain. With ``nested=True`` the spec
+    Heads, grouped convolutions: heads (and conv groups) move as whole blocks, and the spec
     also permutes inside the blocks (nested groups, see :mod:`gauge.spec`): the q/k dims of each
     head (unless a rotary embedding pairs them; then they stay) and its v/output dims, the query
     heads sharing one key/value head, and the output channels within a conv group. A conv's
     input channels stay in place within their group, and with grouped-query attention the v
-    dims stay in place (each would need an index that depends on another axis).
+    dims stay in place (each would need an index that depends on another axis). With
+    ``nested=False`` only whole blocks move (dims inside a head stay in place; heads whose
+    q/k/v come from one fused projection that is split stay in place too), so every group is
+    plain: a subgroup of the symmetry, for tools that need the one-group-per-axis format.
 
     With ``check`` (the default) the spec verifies itself before it is returned: one random
     permutation (drawn from ``seed``) and one random rescaling of the rescalable groups must

@@ -15,7 +15,13 @@ Besides these names, ``load_dataset`` takes the user's own data:
   or ``.safetensors`` holding ``x``/``y`` or ``x_train``/``y_train``/``x_test``/``y_test``.
   Without a test split the train split is used for both (``DataSplits.test_is_train``).
   Floating-point ``x`` becomes float32 and integer ``y`` int64; values are used as stored
-  (standardise them yourself);
+  (standardise them yourself). Token data for language models holds ``input_ids`` (and
+  optionally ``attention_mask``, ``token_type_ids``, ``labels``; each also with ``_train`` /
+  ``_test`` suffixes): its examples are dicts the model is called with as keyword arguments.
+  Without ``labels`` a causal language model's next-token labels are the ``input_ids``
+  themselves, with padding (``attention_mask == 0``) set to -100 so the loss skips it, as
+  Hugging Face's ``DataCollatorForLanguageModeling(mlm=False)`` builds them; ``labels`` of
+  shape ``(n,)`` are one class per sequence (a sequence classifier);
 * ``pkg.module:factory`` or ``path/to/file.py:factory`` returning a :class:`DataSplits`, a
   ``(train, test)`` pair of map-style datasets, or one dataset (used for both). A factory
   parameter named ``root`` or ``seed`` receives those arguments.
@@ -333,16 +339,74 @@ def _xy(path: Path, arrays: dict, x_key: str, y_key: str) -> TensorDataset:
     return TensorDataset(x.contiguous(), y.contiguous())
 
 
+#: Entries of a token data file passed to the model, besides ``input_ids``.
+TOKEN_INPUTS = ("attention_mask", "token_type_ids")
+
+
+class TokenDataset(Dataset):
+    """Equal-length token tensors (``input_ids``, ``attention_mask``, ``labels``, ...) whose
+    example ``i`` is the dict of their rows ``i``."""
+
+    def __init__(self, columns: dict[str, torch.Tensor]):
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(self.columns["input_ids"])
+
+    def __getitem__(self, i):
+        return {k: v[i] for k, v in self.columns.items()}
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.columns["labels"]
+
+
+def _tokens(path: Path, arrays: dict, suffix: str) -> TokenDataset:
+    names = ("input_ids", *TOKEN_INPUTS, "labels")
+    cols = {k: arrays[k + suffix] for k in names if k + suffix in arrays}
+    ids = cols["input_ids"]
+    if ids.is_floating_point() or ids.ndim != 2:
+        raise DataError(f"{path}: 'input_ids{suffix}' must be integer token ids of shape "
+                        f"(examples, length), found {str(ids.dtype).replace('torch.', '')} "
+                        f"{tuple(ids.shape)}")
+    for k, v in cols.items():
+        if len(v) != len(ids):
+            raise DataError(f"{path}: '{k}{suffix}' has {len(v)} rows but 'input_ids{suffix}' "
+                            f"has {len(ids)}")
+        cols[k] = v.long().contiguous()
+    if "labels" not in cols:
+        labels = ids.clone()
+        if "attention_mask" in cols:
+            labels[cols["attention_mask"] == 0] = -100
+        cols["labels"] = labels
+    return TokenDataset(cols)
+
+
+def _token_splits(path: Path, arrays: dict) -> DataSplits:
+    suffix = "_train" if "input_ids_train" in arrays else ""
+    train = _tokens(path, arrays, suffix)
+    has_test = "input_ids_test" in arrays
+    test = _tokens(path, arrays, "_test") if has_test else train
+    labels = torch.cat([train.targets.flatten(), test.targets.flatten()])
+    num_classes = int(labels.max()) + 1 if train.targets.ndim == 1 and len(labels) else 0
+    return DataSplits(name=path.name, train=train, test=test, num_classes=num_classes,
+                      input_shape=tuple(train.columns["input_ids"].shape[1:]),
+                      test_is_train=not has_test)
+
+
 def load_data_file(path: str | os.PathLike) -> DataSplits:
     """The splits stored in a ``.npz``, ``.pt``/``.pth`` or ``.safetensors`` file (keys
-    ``x``/``y`` or ``x_train``/``y_train``, optionally ``x_test``/``y_test``)."""
+    ``x``/``y`` or ``x_train``/``y_train``, optionally ``x_test``/``y_test``; or token data
+    with ``input_ids``, see the module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     arrays = _read_arrays(path)
+    if "input_ids" in arrays or "input_ids_train" in arrays:
+        return _token_splits(path, arrays)
     keys = next((pair for pair in _SPLIT_KEYS if pair[0] in arrays), None)
     if keys is None:
-        raise DataError(f"{path}: no 'x' or 'x_train' array (its keys: "
+        raise DataError(f"{path}: no 'x', 'x_train' or 'input_ids' array (its keys: "
                         f"{', '.join(sorted(arrays)) or 'none'})")
     train = _xy(path, arrays, *keys)
     has_test = "x_test" in arrays

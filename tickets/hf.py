@@ -7,7 +7,8 @@ A directory holds ``config.json`` and its weights as ``model.safetensors``, a sh
 names in ``transformers`` (``AutoModel`` when it names none), built from the config and filled
 with the directory's weights. A config that needs code from outside ``transformers``
 (``auto_map``, an unknown ``model_type`` or architecture) is refused: ``trust_remote_code`` is
-never set.
+never set. Attention is built in its ``eager`` form: the same function as the fused kernels,
+and the only form with second derivatives, which Hessian-vector products need.
 
 Tied weights (a language-model head sharing the embedding) are stored once; :func:`tie_params`
 fills the other names from the module's own ties.
@@ -88,7 +89,7 @@ def _config(root: Path):
                          "(auto_map); remote code is never run")
     try:
         return AutoConfig.from_pretrained(str(root), local_files_only=True,
-                                          trust_remote_code=False)
+                                          trust_remote_code=False, attn_implementation="eager")
     except Exception as e:  # transformers raises ValueError/OSError/KeyError for bad configs
         raise ModelError(f"{root}/config.json: not a config transformers can build without "
                          f"remote code ({one_line(e)})") from e

@@ -156,6 +156,18 @@ def test_report_reads_an_openlth_tree(tmp_path):
     assert curve[1]["test_acc"] == pytest.approx([0.81, 0.82])
     assert any(s["analysis"] == "flatness" for s in res["skipped"])
     assert (root / "replicate_1" / "level_1" / "main" / "mask.pth").is_file()
+    (root / "replicate_2" / "level_1" / "main" / "logger").unlink()
+    proc = run_cli("report", root, "--out", tmp_path / "no_logger", "--quick", "--only",
+                   "sparsity", "--quiet", "--json", "-")
+    assert proc.returncode == 0, proc.stderr
+    skipped = {s["analysis"]: s["reason"] for s in json.loads(proc.stdout)["skipped"]}
+    assert "records no test accuracy at level 1" in skipped["sparsity"]
+    (root / "replicate_2" / "level_1" / "main" / "logger").unlink()
+    proc = run_cli("report", root, "--out", tmp_path / "no_logger", "--quick", "--only",
+                   "sparsity", "--quiet", "--json", "-")
+    assert proc.returncode == 0, proc.stderr
+    skipped = {s["analysis"]: s["reason"] for s in json.loads(proc.stdout)["skipped"]}
+    assert "records no test accuracy at level 1" in skipped["sparsity"]
 
 
 def test_openlth_tree_overlap_and_transfer_into_user_run(tmp_path):
@@ -263,3 +275,46 @@ def test_outputs_follow_the_umask(files, tmp_path):
     assert proc.returncode == 0, proc.stderr
     for name in ("x.safetensors", "x.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640
+
+
+def _tokens(path, n=16, length=6, vocab=50, **extra):
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, vocab, (n, length), generator=gen)
+    mask = torch.ones(n, length, dtype=torch.long)
+    mask[::2, -2:] = 0  # padded rows: their labels are skipped
+    np.savez(path, input_ids=ids.numpy(), attention_mask=mask.numpy(),
+             **{k: v.numpy() for k, v in extra.items()})
+    return path
+
+
+def test_language_models_on_token_files(tmp_path):
+    """A causal LM's next-token loss comes from the input ids when the file has no labels
+    (through the Hessian, which needs the eager attention); a sequence classifier reads one
+    label per row."""
+    from tests.hf_models import save, tiny_bert, tiny_gpt2
+    gpt = save(tiny_gpt2(0), tmp_path / "gpt")
+    proc = run_cli("flatness", gpt, "--data", _tokens(tmp_path / "tokens.npz"), "--subset", 8,
+                   "--top-k", 1, "--json", tmp_path / "f.json")
+    assert proc.returncode == 0, proc.stderr
+    flat = json.loads((tmp_path / "f.json").read_text())
+    assert flat["n_data"] == 8 and flat["loss"] > 1.0  # about log(50) for a random model
+
+    a, b = save(tiny_bert(0), tmp_path / "bert_a"), save(tiny_bert(1), tmp_path / "bert_b")
+    labelled = _tokens(tmp_path / "cls.npz", vocab=40, labels=torch.arange(16) % 3)
+    proc = run_cli("connect", a, b, "--data", labelled, "--points", 3, "--json",
+                   tmp_path / "c.json")
+    assert proc.returncode == 0, proc.stderr
+    assert np.isfinite(json.loads((tmp_path / "c.json").read_text())["naive"]["loss"]).all()
+
+
+def test_token_data_that_does_not_fit_the_model(tmp_path):
+    from analyses.common import UsageError, check_data_fits
+    from tests.hf_models import tiny_bert, tiny_gpt2
+    from tickets.data import load_data_file
+    too_many = load_data_file(_tokens(tmp_path / "cls5.npz", vocab=40,
+                                      labels=torch.arange(16) % 5))
+    with pytest.raises(UsageError, match="cls5.npz has 5 classes, the model bert gives 3"):
+        check_data_fits(tiny_bert(), too_many, data_name="cls5.npz", model_name="bert")
+    long_vocab = load_data_file(_tokens(tmp_path / "v.npz", vocab=5000))
+    with pytest.raises(UsageError, match="v.npz: inputs of shape \\(6,\\) do not fit the model gpt"):
+        check_data_fits(tiny_gpt2(), long_vocab, data_name="v.npz", model_name="gpt")

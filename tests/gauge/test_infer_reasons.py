@@ -81,7 +81,7 @@ def test_llama_embedding_output_and_rope():
         "split in halves by slicing [:4] (op 'getitem' in module model.layers.0.self_attn "
         f"(LlamaAttention)): {ROPE}")
     assert ROPE in spec.describe()
-    flat = infer_spec(model, x)  # without nesting the query heads of a kv head stay too
+    flat = infer_spec(model, x, nested=False)  # the query heads of a kv head stay too
     assert flat.reasons[(q, 0)].startswith("units inside a block (e.g. dims inside a head) "
                                            "stay in place; infer_spec(nested=True) permutes")
     assert flat.reasons[(q, 0)].endswith(ROPE)
@@ -89,7 +89,7 @@ def test_llama_embedding_output_and_rope():
 
 def test_multihead_attention_dims_inside_heads():
     from tests.gauge_models import MHABlock
-    spec = infer_spec(MHABlock().eval(), torch.zeros(2, 5, 6))
+    spec = infer_spec(MHABlock().eval(), torch.zeros(2, 5, 6), nested=False)
     inside = dict(held_inside(spec))
     w = [k for k in spec.axes if k.endswith("in_proj_weight")][0]
     assert inside[(w, 0)] == ("the q, k, v thirds of a stacked in_proj_weight; dims inside a "

@@ -132,8 +132,9 @@ def test_pad_of_a_permuted_axis_is_refused():
         infer_spec(PadChannels().eval(), torch.randn(2, 4), nested=True)
 
 
-def test_default_spec_keeps_dims_inside_heads_fixed():
+def test_plain_spec_keeps_dims_inside_heads_fixed():
     model, x = TinyViT().eval(), torch.randn(2, 3, 8, 8)
-    spec = infer_spec(model, x)
-    assert not spec.blocks
+    assert infer_spec(model, x).blocks  # the default permutes inside heads too
+    spec = infer_spec(model, x, nested=False)
+    assert not spec.blocks and spec.is_plain
     assert spec.layout("blocks.0.attn.in_proj_weight", 0) == (3, 4)

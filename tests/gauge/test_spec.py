@@ -91,14 +91,15 @@ def test_infer_flatten_blocks_and_kernels_fixed():
 
 
 def test_infer_attention_heads_as_blocks():
+    """The plain spec: heads move as whole blocks of the stacked projections."""
     model, shape = make("mha_block")
-    spec = infer_spec(model, torch.zeros(2, *shape))
+    spec = infer_spec(model, torch.zeros(2, *shape), nested=False)
     heads = spec.axes["attn.in_proj_weight"][0]
     assert spec.sizes[heads] == 2 and spec.layout("attn.in_proj_weight", 0) == (3, 4)
     assert spec.axes["attn.out_proj.weight"][1] == heads
     assert spec.axes["attn.out_proj.weight"][0] == spec.axes["embed.weight"][0]
     model, shape = make("qkv_block")
-    spec = infer_spec(model, torch.zeros(2, *shape))
+    spec = infer_spec(model, torch.zeros(2, *shape), nested=False)
     heads = spec.axes["q.weight"][0]
     assert spec.sizes[heads] == 2 and spec.axes["k.weight"][0] == heads == spec.axes["v.weight"][0]
     assert spec.layout("proj.weight", 1) == (1, 4)

@@ -42,7 +42,7 @@ def test_nodes_edges_and_attributes_follow_the_spec():
 
 def test_graphml_round_trip_keeps_layouts(tmp_path):
     model = MHABlock()
-    spec = infer_spec(model, torch.zeros(2, 5, 6))
+    spec = infer_spec(model, torch.zeros(2, 5, 6), nested=False)
     g = spec.to_networkx()
     path = tmp_path / "spec.graphml"
     nx.write_graphml(g, path)

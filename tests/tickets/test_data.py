@@ -177,7 +177,8 @@ def test_data_file_errors_name_file_and_key(tmp_path):
     torch.save({"x_train": torch.zeros(3, 2), "y_train": torch.zeros(3), "x_test": torch.zeros(1)},
                tmp_path / "notest.pt")
     for name, needle in [("nolabels.npz", "has 'x' but no 'y'"),
-                         ("wrong.npz", r"no 'x' or 'x_train' array \(its keys: inputs\)"),
+                         ("wrong.npz",
+                          r"no 'x', 'x_train' or 'input_ids' array \(its keys: inputs\)"),
                          ("ragged.npz", "'x' has 3 rows but 'y' has 4"),
                          ("obj.npz", "not a readable .npz"),
                          ("notest.pt", "has 'x_test' but no 'y_test'"),
