@@ -452,7 +452,6 @@ def _has_dashboard() -> bool:
     return importlib.util.find_spec("bokeh") is not None
 
 
-@contextmanager
 def local_worker_config():
     """The Dask configuration of the local worker processes: two defaults that suit data
     frames but slow a training loop of small tensors (each step frees and allocates them) are
@@ -467,6 +466,7 @@ def local_worker_config():
                             "distributed.nanny.pre-spawn-environ": environ})
 
 
+@contextmanager
 def _client(args, sweep, n_tasks: int):
     """A Dask client for the chosen place: scheduler address, jobqueue jobs or local processes."""
     import logging

@@ -946,8 +946,8 @@ def _index_reason(i, n: int, where: str) -> str:
     half = n % 2 == 0 and c in (None, 1) and {a or 0, n if b is None else b} in (
         {0, n // 2}, {n // 2, n}, {-(n // 2), n})
     if half:  # rotate_half: RoPE rotates dim i together with dim i + n/2 (Su et al. 2021)
-        return (f"split in halves by slicing {text} ({where}): a rotary embedding pairs dims "
-                f"i and i+{n // 2}")
+        return (f"split in halves by slicing {text} ({where}): dims i and i+{n // 2} are "
+                f"combined, as a rotary embedding pairs them")
     return f"sliced {text} by {where}"
 
 

@@ -318,3 +318,24 @@ def test_token_data_that_does_not_fit_the_model(tmp_path):
     long_vocab = load_data_file(_tokens(tmp_path / "v.npz", vocab=5000))
     with pytest.raises(UsageError, match="v.npz: inputs of shape \\(6,\\) do not fit the model gpt"):
         check_data_fits(tiny_gpt2(), long_vocab, data_name="v.npz", model_name="gpt")
+
+
+@pytest.mark.parametrize("source", ["torchvision:squeezenet1_1", "timm:resnet10t"])
+def test_library_architectures_align_and_connect(source, tmp_path):
+    """torchvision and timm architectures by name, weights from the user's checkpoints (runs
+    where the library imports: the CI torch has no matching torchvision build)."""
+    lib, name = source.split(":")
+    pytest.importorskip(lib, exc_type=ImportError)
+    from tickets.sources import resolve_model
+    for seed in (0, 1):
+        net = resolve_model(source, kwargs={}, num_classes=10, seed=seed)
+        torch.save(net.state_dict(), tmp_path / f"{seed}.pt")
+    _data(tmp_path / "img.npz", shape=(3, 32, 32), n=32)
+    proc = run_cli("align", tmp_path / "0.pt", tmp_path / "1.pt", "--model", source,
+                   "--input-shape", "3,32,32", "--out", tmp_path / "1_aligned.safetensors")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("connect", tmp_path / "0.pt", tmp_path / "1_aligned.safetensors", "--data",
+                   tmp_path / "img.npz", "--points", 3, "--json", tmp_path / "c.json")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((tmp_path / "c.json").read_text())
+    assert res["model"] == source and np.isfinite(res["naive"]["loss"]).all()

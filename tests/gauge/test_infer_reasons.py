@@ -12,7 +12,7 @@ from gauge.infer import _Labels
 from gauge.spec_graph import axis_node, fixed_axes, held_inside
 from tests.infer_models import hf_model
 
-ROPE = "a rotary embedding pairs dims i and i+4"
+ROPE = "dims i and i+4 are combined, as a rotary embedding pairs them"
 
 
 class Gather(nn.Module):
