@@ -274,12 +274,12 @@ def _same_source(a: str | None, b: str | None) -> bool:
         return a == b
 
 
-def _zoo_num_classes(name: str, kwargs: dict, input_shape, params: dict) -> int | None:
-    """The classes of a zoo model's checkpoint without metadata, read off the tensor whose shape
-    depends on them (the output layer)."""
-    from tickets.models import build_model
-    one = build_model(name, num_classes=1, input_shape=input_shape, **kwargs).state_dict()
-    two = build_model(name, num_classes=2, input_shape=input_shape, **kwargs).state_dict()
+def _checkpoint_num_classes(source, kwargs: dict, input_shape, params: dict) -> int | None:
+    """The classes of a checkpoint without metadata for a zoo, torchvision or timm model, read
+    off the tensor whose shape depends on them (the output layer)."""
+    from tickets.sources import resolve_model
+    one, two = (resolve_model(source, kwargs=kwargs, num_classes=n, input_shape=input_shape)
+                .state_dict() for n in (1, 2))
     for key, t in one.items():
         if tuple(t.shape) != tuple(two[key].shape):
             axis = next(i for i, (x, y) in enumerate(zip(t.shape, two[key].shape)) if x != y)
@@ -315,8 +315,10 @@ def _build(meta: dict, path: str, args, data, raw: dict):
         source = parse_model_source(spec)
     except ModelError as e:
         raise UsageError(f"--model: {e}") from e
-    if source.kind == "zoo" and num_classes is None and input_shape is not None:
-        num_classes = _zoo_num_classes(source.target, kwargs, input_shape, raw)
+    if num_classes is None and "num_classes" not in kwargs and (
+            source.kind in ("torchvision", "timm") or
+            (source.kind == "zoo" and input_shape is not None)):
+        num_classes = _checkpoint_num_classes(source, kwargs, input_shape, raw)
     model = model_from_meta({**meta, "model": source.spec}, path, model_kwargs=kwargs,
                             num_classes=num_classes, input_shape=input_shape)
     return model, model_meta(source, kwargs=kwargs, num_classes=num_classes,

@@ -162,12 +162,6 @@ def test_report_reads_an_openlth_tree(tmp_path):
     assert proc.returncode == 0, proc.stderr
     skipped = {s["analysis"]: s["reason"] for s in json.loads(proc.stdout)["skipped"]}
     assert "records no test accuracy at level 1" in skipped["sparsity"]
-    (root / "replicate_2" / "level_1" / "main" / "logger").unlink()
-    proc = run_cli("report", root, "--out", tmp_path / "no_logger", "--quick", "--only",
-                   "sparsity", "--quiet", "--json", "-")
-    assert proc.returncode == 0, proc.stderr
-    skipped = {s["analysis"]: s["reason"] for s in json.loads(proc.stdout)["skipped"]}
-    assert "records no test accuracy at level 1" in skipped["sparsity"]
 
 
 def test_openlth_tree_overlap_and_transfer_into_user_run(tmp_path):
