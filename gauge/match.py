@@ -717,17 +717,35 @@ def _member_slices(spec, k, ax, g, t):
             for h, off, n in pieces if h == g]
 
 
-def _group_cost(spec, g, members, pa, pb_cur, dtype) -> np.ndarray:
+def _only_group(spec, k, g) -> bool:
+    """True when no group but ``g`` permutes an axis of ``k`` (its contribution to ``C_g``
+    never changes while g is solved)."""
+    return all(h in (None, g) for ax in range(len(spec.axes[k]))
+               for h, _, _ in spec.entry_pieces(k, ax))
+
+
+def _group_cost(spec, g, members, pa, pb_cur, dtype, cache: dict) -> np.ndarray:
     """``C_g[i, j] = sum <A unit i, B unit j>`` over the given member axes of g, B's other axes
-    as in ``pb_cur``."""
+    as in ``pb_cur``. A's unit matrices never change, nor does the contribution of a tensor no
+    other group permutes: both are kept in ``cache``."""
     n = spec.sizes[g]
     c = torch.zeros(n, n, dtype=torch.float64)
     for k, ax in members:
         if k not in pa or not pa[k].dtype.is_floating_point or pa[k].numel() == 0:
             continue
-        for xa, xb in zip(_member_slices(spec, k, ax, g, pa[k].to(dtype)),
+        if ("const", k, ax, g) in cache:
+            c += cache["const", k, ax, g]
+            continue
+        if ("a", k, ax, g) not in cache:
+            cache["a", k, ax, g] = _member_slices(spec, k, ax, g, pa[k].to(dtype))
+        part = torch.zeros(n, n, dtype=torch.float64)
+        for xa, xb in zip(cache["a", k, ax, g],
                           _member_slices(spec, k, ax, g, pb_cur[k].to(dtype))):
-            c += (xa @ xb.T).to(torch.float64).cpu()
+            part += (xa @ xb.T).to(torch.float64).cpu()
+        if _only_group(spec, k, g):
+            cache["const", k, ax, g] = part
+            del cache["a", k, ax, g]
+        c += part
     return c.numpy()
 
 
@@ -752,15 +770,27 @@ def _weight_matching_nested(spec, pa, pb, *, max_iter, rng, init, dtype, t0) -> 
         return {h for ax in range(len(spec.axes[k])) for h, _, _ in spec.entry_pieces(k, ax)
                 if h is not None} - set(groups)
 
+    cache: dict = {}
+    # A family's costs depend only on the permutations of the groups on its members' other
+    # axes: a full solve whose inputs have not moved since the last one would give the same
+    # assignment, so it is skipped (``version`` counts each group's changes).
+    version = {g: 0 for g in spec.groups}
+    seen: dict[str, dict] = {}
+
     def solve(root, usable=None) -> bool:
         groups = family[root]
+        deps = set().union(*(others(k, groups) for g in groups for k, _ in spec.perm_to_axes[g]))
+        key = {h: version[h] for h in deps}
+        if usable is None and seen.get(root) == key:
+            return False
         held = {h: p for h, p in perm.items() if h not in groups}
-        pb_cur = permute_unchecked(spec, held, pb)
+        members = {k for g in groups for k, _ in spec.perm_to_axes[g] if k in pb}
+        pb_cur = permute_unchecked(spec, held, {k: pb[k] for k in members})
         costs = {}
         for g in groups:
             keep = [(k, ax) for k, ax in spec.perm_to_axes[g]
                     if usable is None or others(k, groups) <= usable]
-            costs[g] = _group_cost(spec, g, keep, pa, pb_cur, dtype)
+            costs[g] = _group_cost(spec, g, keep, pa, pb_cur, dtype, cache)
             stats[g]["solves"] += 1
         new = {}
         for g in groups:
@@ -771,10 +801,14 @@ def _weight_matching_nested(spec, pa, pb, *, max_iter, rng, init, dtype, t0) -> 
             return sum(float(costs[g][np.arange(spec.sizes[g]), p[g].numpy()].sum())
                        for g in groups)
         old_val, new_val = value(perm), value(new)
+        if usable is None:
+            seen[root] = key
         if usable is not None or new_val > old_val + 1e-9 * max(1.0, abs(old_val)):
-            changed = any(not torch.equal(new[g], perm[g]) for g in groups)
+            changed = [g for g in groups if not torch.equal(new[g], perm[g])]
+            for g in changed:
+                version[g] += 1
             perm.update(new)
-            return changed
+            return bool(changed)
         return False
 
     if init is None:  # progressive start
