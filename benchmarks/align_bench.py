@@ -20,8 +20,8 @@ Run from the repository root (the peer lives only in the benchmark venv):
 
     PYTHONPATH=. /work/bench-venv/bin/python benchmarks/align_bench.py
 
-Real architectures (torchvision / transformers in the venv; ViT-B/16 and GPT-2 with specs
-written here by hand, the others inferred), planted pairs, one run each:
+Real architectures (torchvision / transformers in the venv; specs inferred, heads nested),
+planted pairs, one run each:
 
     PYTHONPATH=. /work/tv-venv/bin/python benchmarks/align_bench.py --no-ref --repeats 1 \
         --min-time 0 --models resnet50 vit_b_16 convnext_base gpt2_small
@@ -58,75 +58,23 @@ MODELS = {
 BIG = ("resnet50", "vit_b_16", "convnext_base", "gpt2_small")
 
 
-def _vit_spec(model):
-    """torchvision ViT: the residual stream, each block's heads (blocks of head_dim in q, k, v)
-    and MLP units (written by hand while ``infer_spec`` cannot trace the class token)."""
-    from gauge import PermutationSpec
-    sd = model.state_dict()
-    axes = {k: (None,) * v.dim() for k, v in sd.items()}
-    axes.update({"class_token": (None, None, "res"), "conv_proj.weight": ("res", None, None, None),
-                 "conv_proj.bias": ("res",), "encoder.pos_embedding": (None, None, "res"),
-                 "encoder.ln.weight": ("res",), "encoder.ln.bias": ("res",),
-                 "heads.head.weight": (None, "res")})
-    layouts = {}
-    for i in range(len(model.encoder.layers)):
-        p = f"encoder.layers.encoder_layer_{i}."
-        h, m = f"b{i}.heads", f"b{i}.mlp"
-        d = model.encoder.layers[i].self_attention.head_dim
-        for ln in ("ln_1", "ln_2"):
-            axes[p + ln + ".weight"] = axes[p + ln + ".bias"] = ("res",)
-        axes.update({p + "self_attention.in_proj_weight": (h, "res"),
-                     p + "self_attention.in_proj_bias": (h,),
-                     p + "self_attention.out_proj.weight": ("res", h),
-                     p + "self_attention.out_proj.bias": ("res",),
-                     p + "mlp.0.weight": (m, "res"), p + "mlp.0.bias": (m,),
-                     p + "mlp.3.weight": ("res", m), p + "mlp.3.bias": ("res",)})
-        layouts.update({(p + "self_attention.in_proj_weight", 0): (3, d),
-                        (p + "self_attention.in_proj_bias", 0): (3, d),
-                        (p + "self_attention.out_proj.weight", 1): (1, d)})
-    return PermutationSpec.from_axes(axes, sd, layouts=layouts)
-
-
-def _gpt2_spec(model):
-    """Hugging Face GPT-2 (Conv1D weights are ``(in, out)``): residual stream, heads, MLP."""
-    from gauge import PermutationSpec
-    sd = model.state_dict()
-    axes = {k: (None,) * v.dim() for k, v in sd.items()}
-    t = "transformer."
-    axes.update({t + "wte.weight": (None, "res"), t + "wpe.weight": (None, "res"),
-                 t + "ln_f.weight": ("res",), t + "ln_f.bias": ("res",),
-                 "lm_head.weight": (None, "res")})
-    d = model.config.n_embd // model.config.n_head
-    layouts = {}
-    for i in range(model.config.n_layer):
-        p = f"{t}h.{i}."
-        h, m = f"b{i}.heads", f"b{i}.mlp"
-        for ln in ("ln_1", "ln_2"):
-            axes[p + ln + ".weight"] = axes[p + ln + ".bias"] = ("res",)
-        axes.update({p + "attn.c_attn.weight": ("res", h), p + "attn.c_attn.bias": (h,),
-                     p + "attn.c_proj.weight": (h, "res"), p + "attn.c_proj.bias": ("res",),
-                     p + "mlp.c_fc.weight": ("res", m), p + "mlp.c_fc.bias": (m,),
-                     p + "mlp.c_proj.weight": (m, "res"), p + "mlp.c_proj.bias": ("res",)})
-        layouts.update({(p + "attn.c_attn.weight", 1): (3, d), (p + "attn.c_attn.bias", 0): (3, d),
-                        (p + "attn.c_proj.weight", 0): (1, d)})
-    return PermutationSpec.from_axes(axes, sd, layouts=layouts)
-
-
 def big_model(name, tiny=False):
-    """``(model, spec, example input)`` of a real architecture (``tiny``: a small config of
-    the same code, for checking the hand-written specs)."""
+    """``(model, spec, example input)`` of a real architecture, its spec inferred (heads and
+    the dims inside them nested); ``tiny``: a small config of the same code."""
     if name == "gpt2_small":
         import transformers
         cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100) if tiny \
             else transformers.GPT2Config()
         model = transformers.GPT2LMHeadModel(cfg).eval()
-        return model, _gpt2_spec(model), torch.randint(0, cfg.vocab_size, (1, 16))
+        x = torch.randint(0, cfg.vocab_size, (1, 16))
+        return model, infer_spec(model, x), x
     import torchvision
     if name == "vit_b_16":
         model = (torchvision.models.VisionTransformer(32, 8, 2, 4, 64, 128) if tiny
                  else torchvision.models.vit_b_16()).eval()
         side = 32 if tiny else 224
-        return model, _vit_spec(model), torch.zeros(1, 3, side, side)
+        x = torch.zeros(1, 3, side, side)
+        return model, infer_spec(model, x), x
     model = torchvision.models.get_model(name).eval()
     x = torch.zeros(1, 3, 64, 64)
     return model, infer_spec(model, x), x

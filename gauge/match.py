@@ -717,36 +717,53 @@ def _member_slices(spec, k, ax, g, t):
             for h, off, n in pieces if h == g]
 
 
-def _only_group(spec, k, g) -> bool:
-    """True when no group but ``g`` permutes an axis of ``k`` (its contribution to ``C_g``
-    never changes while g is solved)."""
-    return all(h in (None, g) for ax in range(len(spec.axes[k]))
-               for h, _, _ in spec.entry_pieces(k, ax))
+#: Largest cost contribution (bytes) kept between solves of the nested path.
+_PART_CACHE_BYTES = 8 * 2**20
 
 
-def _group_cost(spec, g, members, pa, pb_cur, dtype, cache: dict) -> np.ndarray:
+def _group_cost(spec, g, members, pa, pb_cur, dtype, cache: dict, stamp) -> np.ndarray:
     """``C_g[i, j] = sum <A unit i, B unit j>`` over the given member axes of g, B's other axes
-    as in ``pb_cur``. A's unit matrices never change, nor does the contribution of a tensor no
-    other group permutes: both are kept in ``cache``."""
+    as in ``pb_cur``. A's unit matrices never change; a member's contribution changes only when
+    a group on its other axes moves, so it is kept in ``cache`` beside ``stamp(k)`` (the
+    versions of those groups) and recomputed only when the stamp differs (contributions up to
+    ``_PART_CACHE_BYTES``)."""
     n = spec.sizes[g]
-    c = torch.zeros(n, n, dtype=torch.float64)
+    c = None
+    keep = n * n * torch.finfo(dtype).bits // 8 <= _PART_CACHE_BYTES
     for k, ax in members:
         if k not in pa or not pa[k].dtype.is_floating_point or pa[k].numel() == 0:
             continue
-        if ("const", k, ax, g) in cache:
-            c += cache["const", k, ax, g]
+        now = stamp(k)
+        hit = cache.get(("part", k, ax, g))
+        if hit is not None and hit[0] == now:
+            c = hit[1].clone() if c is None else c.add_(hit[1])
             continue
         if ("a", k, ax, g) not in cache:
             cache["a", k, ax, g] = _member_slices(spec, k, ax, g, pa[k].to(dtype))
-        part = torch.zeros(n, n, dtype=torch.float64)
+        part = None
         for xa, xb in zip(cache["a", k, ax, g],
                           _member_slices(spec, k, ax, g, pb_cur[k].to(dtype))):
-            part += (xa @ xb.T).to(torch.float64).cpu()
-        if _only_group(spec, k, g):
-            cache["const", k, ax, g] = part
-            del cache["a", k, ax, g]
-        c += part
-    return c.numpy()
+            part = xa @ xb.T if part is None else part.addmm_(xa, xb.T)
+        if keep or not now:  # a tensor no other group permutes never changes
+            cache["part", k, ax, g] = (now, part)
+        c = (part.clone() if keep or not now else part) if c is None else c.add_(part)
+    if c is None:
+        return np.zeros((n, n))
+    return c.to(torch.float64).cpu().numpy()
+
+
+class _LazyPermuted:
+    """``permute_unchecked(spec, perm, params)[k]`` computed on first access, for the keys
+    ``keys`` (a solve reads only the members whose contributions it recomputes)."""
+
+    def __init__(self, spec, perm, params, keys):
+        self.spec, self.perm, self.params, self.keys, self.done = spec, perm, params, keys, {}
+
+    def __getitem__(self, k):
+        if k not in self.done:
+            from gauge.symmetry import permute_unchecked
+            self.done[k] = permute_unchecked(self.spec, self.perm, {k: self.params[k]})[k]
+        return self.done[k]
 
 
 def _weight_matching_nested(spec, pa, pb, *, max_iter, rng, init, dtype, t0) -> MatchResult:
@@ -785,12 +802,15 @@ def _weight_matching_nested(spec, pa, pb, *, max_iter, rng, init, dtype, t0) -> 
             return False
         held = {h: p for h, p in perm.items() if h not in groups}
         members = {k for g in groups for k, _ in spec.perm_to_axes[g] if k in pb}
-        pb_cur = permute_unchecked(spec, held, {k: pb[k] for k in members})
+        pb_cur = _LazyPermuted(spec, held, pb, members)
+
+        def stamp(k):
+            return tuple(sorted((h, version[h]) for h in others(k, groups)))
         costs = {}
         for g in groups:
             keep = [(k, ax) for k, ax in spec.perm_to_axes[g]
                     if usable is None or others(k, groups) <= usable]
-            costs[g] = _group_cost(spec, g, keep, pa, pb_cur, dtype, cache)
+            costs[g] = _group_cost(spec, g, keep, pa, pb_cur, dtype, cache, stamp)
             stats[g]["solves"] += 1
         new = {}
         for g in groups:
