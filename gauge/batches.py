@@ -64,8 +64,9 @@ Inputs = Any  # a tensor, or a dict of model keyword arguments
 
 _FORMS = ("an (x, y) pair of tensors, a dict of tensors, a map-style Dataset, a DataLoader or "
           "a list of batches")
-# Errors a model raises when the data does not fit it (wrong shape, dtype, keyword).
-_MISFIT = (RuntimeError, TypeError, ValueError, IndexError, KeyError)
+# Errors a model raises when the data does not fit it (wrong shape, dtype, keyword; models
+# often assert their input shape).
+_MISFIT = (RuntimeError, TypeError, ValueError, IndexError, KeyError, AssertionError)
 
 
 def _map(fn, obj):

@@ -36,6 +36,17 @@ def run_cli(*args, cwd=None, timeout=600, env=None) -> subprocess.CompletedProce
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def assert_user_errors(cases) -> None:
+    """:func:`assert_user_error` for every ``(args, needles)`` case, the subprocesses run side
+    by side (one per core: each spends most of its time importing torch)."""
+    from concurrent.futures import ThreadPoolExecutor
+    cases = list(cases)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        procs = list(pool.map(lambda case: run_cli(*case[0]), cases))
+    for (args, needles), proc in zip(cases, procs):
+        assert_user_error(proc, *needles)
+
+
 def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     """Exit code 2, exactly one line on stderr containing every needle, no traceback."""
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)

@@ -14,7 +14,7 @@ import torch
 from torch.nn.utils import prune
 
 from tests.byo_models import ResMLP
-from tests.conftest import ROOT, assert_user_error, run_cli
+from tests.conftest import ROOT, assert_user_error, assert_user_errors, run_cli
 from tests.openlth_layout import LeNet, write_level
 
 USER = ["--model", "tests.byo_models:ResMLP", "--model-kwargs", '{"width": 8}']
@@ -231,8 +231,7 @@ def test_bad_input_is_one_line(files, tmp_path):
          ["wrapper.pt", "no state_dict in it fits"]),
         (["align", _hf_without_weights(tmp_path), a, "--out", out], ["hf_empty"]),
     ]
-    for args, needles in cases:
-        assert_user_error(run_cli(*args), *needles)
+    assert_user_errors(cases)
     assert not out.exists() and not (tmp_path / "b.npy").exists()
 
 

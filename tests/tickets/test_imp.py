@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from tests.conftest import ROOT, assert_user_error, run_cli
+from tests.conftest import ROOT, assert_user_error, assert_user_errors, run_cli
 from tickets import prune as P
 from tickets.data import DataSplits
 from tickets.errors import ConfigError, ModelError, RunError
@@ -240,10 +240,9 @@ def test_cli_bad_inputs(tmp_path, run_dir):
     cases = [(["--levels", "-1"], "levels"), (["--levels", "1", "--fraction", "1.2"], "fraction"),
              (["--levels", "1", "--rewind-iter", "999"], "rewind"),
              (["--levels", "1", "--mask", bad_mask], "fc1.weight")]
-    for extra, needle in cases:
-        assert_user_error(run_cli(*CLI, *extra, "--out", out), needle)
-        assert not out.exists()
-    assert_user_error(run_cli(*CLI, "--levels", "1", "--out", afile), "is a file")
+    assert_user_errors([([*CLI, *extra, "--out", out], [needle]) for extra, needle in cases]
+                       + [([*CLI, "--levels", "1", "--out", afile], ["is a file"])])
+    assert not out.exists()
     before = _snapshot(run_dir)
     proc = run_cli("imp", "--model", "mlp", "--model-kwargs", json.dumps(KW), "--data",
                    "mnist1d", "--epochs", "3", "--levels", "3", "--out", run_dir, "--quiet")
