@@ -240,6 +240,7 @@ class _Tracer(TorchFunctionMode):
         self.module_stack: list[str] = []
         self.consumed: list[int] = []  # labels summed over invariantly (reductions, contractions)
         self.op = ""  # the op being handled, named in reasons
+        self.used: set[str] = set()  # parameters some op read
         self.suppress = 0
         self.hooks = []
         sd = model.state_dict(keep_vars=True)
@@ -371,6 +372,8 @@ class _Tracer(TorchFunctionMode):
         if not outs or name in _QUERIES:
             return out
         inputs = _tensors((args, kwargs))
+        for t in inputs:
+            self.used.update(self.param_names.get(id(t), ()))
         self.op = name
         try:
             self._handle(name, args, kwargs, out, inputs)
@@ -1098,10 +1101,14 @@ class _Resolver:
                 L.fix(x, "the same dims are used both inside blocks and as a whole axis")
                 self.changed = True
         consumed = {L.find(a) for lab in self.t.consumed for a in L.atoms(lab)}
+        unused = {k.rpartition(".")[0] for k in descs} - {
+            k.rpartition(".")[0] for k in self.t.used}
         for root, mods in modules.items():
             if len(mods) < 2 and root not in consumed and root not in outers:
-                L.fix(root, f"indexed by module {next(iter(mods)) or '<root>'} alone: no other "
-                      f"layer moves with it")
+                mod = next(iter(mods)) or "<root>"
+                L.fix(root, "not used by the forward pass on the example input (e.g. a head "
+                      "run only in training mode)" if mods <= unused else
+                      f"indexed by module {mod} alone: no other layer moves with it")
                 self.changed = True
 
 

@@ -125,3 +125,24 @@ def test_hand_spec_reasons_graph_and_dict(tmp_path):
     assert back.nodes[axis_node("fc1.weight", 1)]["reason"] == ""
     with pytest.raises(SpecError, match="axis 2 of 'fc2.weight'"):
         PermutationSpec.from_axes(axes, shapes, reasons={("fc2.weight", 2): "x"})
+
+
+class AuxHead(nn.Module):
+    """An auxiliary classifier that runs only in training mode (as GoogLeNet's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.out = nn.Linear(4, 6), nn.Linear(6, 2)
+        self.aux = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return (self.out(h), self.aux(h)) if self.training else self.out(h)
+
+
+def test_modules_the_forward_pass_skips():
+    spec = infer_spec(AuxHead().eval(), torch.randn(2, 4))
+    why = ("not used by the forward pass on the example input (e.g. a head run only in "
+           "training mode)")
+    assert spec.reasons[("aux.0.weight", 0)] == why == spec.reasons[("aux.2.weight", 1)]
+    assert spec.axes["a.weight"][0] is not None
