@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 from torch import nn
 from torch.nn.utils import prune
 
@@ -181,3 +184,24 @@ def test_example_input_of_wrong_shape():
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     with pytest.raises(TraceError, match=r"shape \(2, 5\).*module 0 \(Linear\)"):
         infer_spec(model, torch.randn(2, 5))
+
+
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_train_mode_with_batchnorm_statistics(seed):
+    """In training mode BatchNorm normalises by the batch and updates its running statistics;
+    a permutation from the spec (running stats included) commutes with both."""
+    from tickets.models import build_model
+    model = build_model("resnet20", num_classes=10, input_shape=(3, 8, 8), seed=0, width=1)
+    spec = infer_spec(model.eval(), torch.zeros(2, 3, 8, 8))
+    perm = random_permutation(spec, seed)
+    x = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(seed % 1000))
+    a, b = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+    b.load_state_dict(apply_permutation(spec, perm, model.state_dict()))
+    with torch.no_grad():
+        ya, yb = a(x), b(x)
+    assert float((ya - yb).norm() / ya.norm()) < 1e-5
+    after = apply_permutation(spec, perm, a.state_dict())  # running stats moved the same way
+    for k, v in b.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(v, after[k], atol=1e-6), k
