@@ -744,20 +744,21 @@ def _group_cost(spec, g, members, pa, pb_cur, dtype, cache: dict, stamp) -> np.n
         for xa, xb in zip(cache["a", k, ax, g],
                           _member_slices(spec, k, ax, g, pb_cur[k].to(dtype))):
             part = xa @ xb.T if part is None else part.addmm_(xa, xb.T)
-        if keep or not now:  # a tensor no other group permutes never changes
+        cached = keep or not now  # a tensor no other group permutes never changes
+        if cached:
             cache["part", k, ax, g] = (now, part)
-        c = (part.clone() if keep or not now else part) if c is None else c.add_(part)
+        c = (part.clone() if cached else part) if c is None else c.add_(part)
     if c is None:
         return np.zeros((n, n))
     return c.to(torch.float64).cpu().numpy()
 
 
 class _LazyPermuted:
-    """``permute_unchecked(spec, perm, params)[k]`` computed on first access, for the keys
-    ``keys`` (a solve reads only the members whose contributions it recomputes)."""
+    """``permute_unchecked(spec, perm, params)[k]`` computed on first access (a solve reads
+    only the members whose contributions it recomputes)."""
 
-    def __init__(self, spec, perm, params, keys):
-        self.spec, self.perm, self.params, self.keys, self.done = spec, perm, params, keys, {}
+    def __init__(self, spec, perm, params):
+        self.spec, self.perm, self.params, self.done = spec, perm, params, {}
 
     def __getitem__(self, k):
         if k not in self.done:
@@ -801,8 +802,7 @@ def _weight_matching_nested(spec, pa, pb, *, max_iter, rng, init, dtype, t0) -> 
         if usable is None and seen.get(root) == key:
             return False
         held = {h: p for h, p in perm.items() if h not in groups}
-        members = {k for g in groups for k, _ in spec.perm_to_axes[g] if k in pb}
-        pb_cur = _LazyPermuted(spec, held, pb, members)
+        pb_cur = _LazyPermuted(spec, held, pb)
 
         def stamp(k):
             return tuple(sorted((h, version[h]) for h in others(k, groups)))

@@ -209,3 +209,29 @@ def test_data_factory_from_file_with_one_dataset(tmp_path):
         "def make():\n    return Pairs()\n")
     d = load_dataset(f"{tmp_path}/mydata.py:make")
     assert d.test_is_train and d.input_shape == (3,) and d.num_classes == 2
+
+
+def test_token_data_files(tmp_path):
+    """Token data: dict examples, next-token labels from the ids (padding skipped) when the
+    file has none, one class per row when it does; bad token files name file and key."""
+    ids = torch.randint(1, 50, (6, 5))
+    mask = torch.ones(6, 5, dtype=torch.long)
+    mask[0, -2:] = 0
+    np.savez(tmp_path / "lm.npz", input_ids=ids.numpy(), attention_mask=mask.numpy())
+    data = load_dataset(str(tmp_path / "lm.npz"))
+    first = data.train[0]
+    assert set(first) == {"input_ids", "attention_mask", "labels"} and data.num_classes == 0
+    assert first["labels"].tolist() == [*ids[0, :3].tolist(), -100, -100]
+    torch.save({"input_ids_train": ids, "labels_train": torch.arange(6) % 3,
+                "input_ids_test": ids[:2], "labels_test": torch.tensor([0, 1])},
+               tmp_path / "cls.pt")
+    data = load_dataset(str(tmp_path / "cls.pt"))
+    assert data.num_classes == 3 and len(data.test) == 2 and not data.test_is_train
+    np.savez(tmp_path / "float.npz", input_ids=np.zeros((3, 4), dtype=np.float32))
+    np.savez(tmp_path / "ragged.npz", input_ids=np.zeros((3, 4), dtype=np.int64),
+             attention_mask=np.ones((2, 4), dtype=np.int64))
+    for name, needle in [("float.npz", "'input_ids' must be integer token ids"),
+                         ("ragged.npz", "'attention_mask' has 2 rows but 'input_ids' has 3")]:
+        with pytest.raises(DataError, match=needle) as err:
+            load_dataset(str(tmp_path / name))
+        assert name in str(err.value)
